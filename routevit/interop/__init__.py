@@ -1,0 +1,1 @@
+"""Loading other projects' checkpoints; one module per project."""

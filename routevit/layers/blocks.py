@@ -1,0 +1,227 @@
+"""Transformer blocks: the vanilla block, the two paths of a big.LITTLE module and their fusion.
+
+Parameter names follow timm's ``Block`` (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
+``mlp.fc1``, ``mlp.fc2``) so vanilla checkpoints load into the performance path one to one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_last_dim, check_tensor
+from .attention import Attention, SemiCrossAttention
+from .routing import Routes
+
+
+class Mlp(nn.Module):
+    """``fc1 -> GELU -> fc2``: ``(..., in_dim) -> (..., out_dim)``."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole sample's branch output with probability ``p`` in training."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Vanilla pre-norm ViT block (a "full" layer that updates every token): ``(B, N, C) -> (B, N, C)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", 3, "(B, N, C)")
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DimMatchedBlock(nn.Module):
+    """Efficiency (E) path: a vanilla ViT block of width ``inner_dim`` on a ``dim``-wide stream.
+
+    Attention: qkv ``C -> 3c``, proj ``c -> C``. FFN: ``Linear(C -> c)``, ``Mlp(c, 4c, c)``,
+    ``Linear(c -> C)``. Updates all tokens: ``(B, N, C) -> (B, N, C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        inner_dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.inner_dim = dim, inner_dim
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, inner_dim=inner_dim, out_dim=dim, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp_in = nn.Linear(dim, inner_dim)
+        self.mlp = Mlp(inner_dim, int(inner_dim * mlp_ratio))
+        self.mlp_out = nn.Linear(inner_dim, dim)
+        self.drop_path = DropPath(drop_path)
+
+    def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention sub-layer's update, before the residual: ``(B, N, C) -> (B, N, C)``."""
+        return self.drop_path(self.attn(self.norm1(x)))
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN sub-layer's update, before the residual: ``(B, N, C) -> (B, N, C)``."""
+        return self.drop_path(self.mlp_out(self.mlp(self.mlp_in(self.norm2(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", 3, "(B, N, C)")
+        check_last_dim(x, "x", self.dim)
+        x = x + self.attn_branch(x)
+        return x + self.mlp_branch(x)
+
+
+def _score_scale(update: torch.Tensor, alpha: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``(alpha * s + 1) * update``: the path that carries gradients to the router."""
+    return update * (alpha * scores + 1.0).unsqueeze(-1).to(update.dtype)
+
+
+class PerformanceBlock(nn.Module):
+    """Performance (P) path: a vanilla-width block that updates only the selected tokens.
+
+    Attention is semi-cross (queries: selected tokens, keys/values: all tokens); each
+    sub-layer's output is scaled by ``(alpha * s_i + 1)`` with ``alpha`` initialised to 0.
+
+    ``forward(x, routes)`` is the P-only variant (no efficiency path): selected tokens get
+    both residual updates, the others pass through unchanged. ``(B, N, C) -> (B, N, C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SemiCrossAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.alpha_attn = nn.Parameter(torch.zeros(()))
+        self.alpha_mlp = nn.Parameter(torch.zeros(()))
+        self.drop_path = DropPath(drop_path)
+
+    def attn_branch(self, x: torch.Tensor, routes: Routes) -> torch.Tensor:
+        """Scaled semi-cross attention update of the selected tokens: ``(B, N, C) -> (B, K, C)``."""
+        normed = self.norm1(x)
+        update = self.attn(routes.gather(normed), normed)
+        return self.drop_path(_score_scale(update, self.alpha_attn, routes.selected_scores))
+
+    def mlp_branch(self, selected: torch.Tensor, routes: Routes) -> torch.Tensor:
+        """Scaled FFN update of the already gathered selected tokens: ``(B, K, C) -> (B, K, C)``."""
+        update = self.mlp(self.norm2(selected))
+        return self.drop_path(_score_scale(update, self.alpha_mlp, routes.selected_scores))
+
+    def forward(self, x: torch.Tensor, routes: Routes) -> torch.Tensor:
+        check_last_dim(x, "x", self.dim)
+        x = routes.scatter_add(x, self.attn_branch(x, routes))
+        return routes.scatter_add(x, self.mlp_branch(routes.gather(x), routes), inplace=True)
+
+
+class GatedFuse(nn.Module):
+    """Fuse one sub-layer's two updates into the residual stream.
+
+    ``out = x + fused`` with ``fused_i = primary_i + gamma * secondary_i`` for selected tokens
+    and ``fused_i = secondary_i`` for the others; ``gamma`` is learnable, initialised to 1e-5.
+
+    Shapes: ``x (B, N, C)``, ``primary (B, K, C)``, ``secondary (B, N, C)`` -> ``(B, N, C)``.
+    """
+
+    def __init__(self, gamma_init: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
+
+    def forward(
+        self, x: torch.Tensor, primary: torch.Tensor, secondary: torch.Tensor, routes: Routes
+    ) -> torch.Tensor:
+        if secondary.shape != x.shape:
+            raise ValueError(
+                f"secondary must have the shape of x {tuple(x.shape)}, got {tuple(secondary.shape)}"
+            )
+        # x + secondary everywhere, then the selected rows get primary + (gamma - 1) * secondary:
+        # one full-size add and one index_add instead of building a fused copy.
+        gamma = self.gamma.to(secondary.dtype)
+        correction = primary + (gamma - 1.0) * routes.gather(secondary)
+        return routes.scatter_add(x + secondary, correction, inplace=True)
+
+
+class BigLittleBlock(nn.Module):
+    """One big.LITTLE module: P path on the selected tokens, E path on all tokens, gated fusion
+    per sub-layer (attention, then FFN), each with its own residual.
+
+    Args:
+        dim, num_heads: width and heads of the P path (the vanilla model's).
+        little_dim, little_heads: inner width and heads of the E path.
+
+    Forward: ``x (B, N, C)``, ``routes`` -> ``(B, N, C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        little_dim: int,
+        little_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        gamma_init: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.performance = PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path)
+        self.efficiency = DimMatchedBlock(
+            dim, little_dim, little_heads, mlp_ratio, qkv_bias, drop_path
+        )
+        self.fuse_attn = GatedFuse(gamma_init)
+        self.fuse_mlp = GatedFuse(gamma_init)
+
+    def forward(self, x: torch.Tensor, routes: Routes) -> torch.Tensor:
+        check_last_dim(x, "x", self.dim)
+        p, e = self.performance, self.efficiency
+        x = self.fuse_attn(x, p.attn_branch(x, routes), e.attn_branch(x), routes)
+        return self.fuse_mlp(x, p.mlp_branch(routes.gather(x), routes), e.mlp_branch(x), routes)

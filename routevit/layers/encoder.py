@@ -1,0 +1,138 @@
+"""A stack of full, big.LITTLE and P-only layers driven by a schedule, with prediction layers.
+
+The schedule is data, so the paper's B+T and H+B layouts (and any user's own) are one object::
+
+    Schedule.big_little_from(depth=12, first_routed=2, predict_after=(1, 4, 7, 10))  # B+T
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._checks import check_last_dim, check_tensor
+from .blocks import BigLittleBlock, Block, PerformanceBlock
+from .routing import Router, Routes, TopKDispatcher
+
+LAYER_KINDS = ("full", "big_little", "performance")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What each layer is, and after which layers (1-based) a prediction layer routes tokens.
+
+    ``kinds[i]`` is ``"full"`` (vanilla block, all tokens), ``"big_little"`` (P + E + fusion) or
+    ``"performance"`` (P path only; unselected tokens pass through).
+    """
+
+    kinds: tuple[str, ...]
+    predict_after: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(LAYER_KINDS))
+        if unknown:
+            raise ValueError(f"unknown layer kinds {unknown}; valid kinds are {LAYER_KINDS}")
+        depth = len(self.kinds)
+        if any(not 1 <= p <= depth for p in self.predict_after):
+            raise ValueError(f"predict_after {self.predict_after} must lie in 1..{depth}")
+        if list(self.predict_after) != sorted(set(self.predict_after)):
+            raise ValueError(f"predict_after must be strictly increasing, got {self.predict_after}")
+        first_routed = next((i + 1 for i, k in enumerate(self.kinds) if k != "full"), None)
+        if first_routed is not None and (not self.predict_after or self.predict_after[0] >= first_routed):
+            raise ValueError(
+                f"layer {first_routed} is routed but no prediction layer comes before it "
+                f"(predict_after={self.predict_after})"
+            )
+
+    @classmethod
+    def big_little_from(
+        cls, depth: int, first_routed: int, predict_after: Sequence[int], alternate: bool = False
+    ) -> Schedule:
+        """Full layers up to ``first_routed - 1``, then big.LITTLE layers; with ``alternate``,
+        big.LITTLE and P-only layers take turns (H+B)."""
+        kinds = ["full"] * (first_routed - 1)
+        for i in range(depth - first_routed + 1):
+            kinds.append("performance" if alternate and i % 2 else "big_little")
+        return cls(tuple(kinds), tuple(predict_after))
+
+    @property
+    def depth(self) -> int:
+        return len(self.kinds)
+
+    def count(self, kind: str) -> int:
+        return self.kinds.count(kind)
+
+
+class BigLittleEncoder(nn.Module):
+    """The transformer trunk of a bLViT: ``(B, N, C) -> (B, N, C)`` (no final norm).
+
+    Args:
+        dim, num_heads: the performance (vanilla) width and heads.
+        little_dim, little_heads: the efficiency path's inner width and heads.
+        schedule: the layer layout and prediction layers.
+        keep_ratio: share of tokens routed to the P path.
+        always_keep: positions always routed (0 for a CLS token).
+        drop_path_rate: stochastic depth, increasing linearly over the layers (as timm).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        little_dim: int,
+        little_heads: int,
+        schedule: Schedule,
+        keep_ratio: float = 0.25,
+        always_keep: Sequence[int] = (),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        gamma_init: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.schedule = schedule
+        self.dispatcher = TopKDispatcher(keep_ratio, always_keep)
+        rates = torch.linspace(0, drop_path_rate, schedule.depth).tolist()
+        blocks: list[nn.Module] = []
+        for kind, dp in zip(schedule.kinds, rates, strict=True):
+            if kind == "full":
+                blocks.append(Block(dim, num_heads, mlp_ratio, qkv_bias, dp))
+            elif kind == "performance":
+                blocks.append(PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, dp))
+            else:
+                blocks.append(
+                    BigLittleBlock(
+                        dim, num_heads, little_dim, little_heads, mlp_ratio, qkv_bias, dp, gamma_init
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        self.routers = nn.ModuleDict({str(p): Router(dim) for p in schedule.predict_after})
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.dispatcher.keep_ratio
+
+    def set_keep_ratio(self, keep_ratio: float) -> None:
+        """Change the share of tokens routed to the P path, at run time, without retraining."""
+        self.dispatcher.set_keep_ratio(keep_ratio)
+
+    def forward_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
+        """Like :meth:`forward`, also returning the Routes of every prediction layer in order."""
+        check_tensor(x, "x", 3, "(B, N, C)")
+        check_last_dim(x, "x", self.dim)
+        all_routes: list[Routes] = []
+        routes: Routes | None = None
+        for layer, (kind, block) in enumerate(zip(self.schedule.kinds, self.blocks, strict=True), start=1):
+            x = block(x) if kind == "full" else block(x, routes)
+            router = self.routers[str(layer)] if str(layer) in self.routers else None
+            if router is not None:
+                routes = self.dispatcher(router(x))
+                all_routes.append(routes)
+        return x, all_routes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_routes(x)[0]

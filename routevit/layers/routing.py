@@ -1,0 +1,233 @@
+"""Token routing: the prediction layer (Router), top-k selection (TopKDispatcher) and the
+routing plan that the big.LITTLE blocks share (Routes).
+
+A Routes object is computed once at a prediction layer and reused by every block until the
+next prediction layer. It holds flat row indices into a ``(B * N, C)`` view, so gathering and
+scattering are single ``index_select`` / ``index_add`` calls with no Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor
+
+
+def tokens_to_keep(keep_ratio: float, num_tokens: int) -> int:
+    """``ceil(keep_ratio * num_tokens)``, robust to float noise (0.3 * 10 is 3, not 4)."""
+    return max(1, math.ceil(round(check_keep_ratio(keep_ratio) * num_tokens, 6)))
+
+
+class Routes:
+    """The routing plan of one prediction layer.
+
+    Attributes:
+        indices: ``(B, K)`` int64, selected token positions, ascending per sample (per group).
+        scores: ``(B, N)`` router scores (softmax over tokens), kept for the score scaling.
+        selected_scores: ``(B, K)`` the scores of the selected tokens.
+    """
+
+    __slots__ = ("indices", "scores", "selected_scores", "_flat")
+
+    def __init__(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
+        check_tensor(indices, "indices", 2, "(B, K)")
+        check_tensor(scores, "scores", 2, "(B, N)")
+        if indices.dtype != torch.long:
+            raise TypeError(f"indices must be int64, got {indices.dtype}")
+        if indices.shape[0] != scores.shape[0]:
+            raise ValueError(
+                f"indices and scores must share the batch size, got {tuple(indices.shape)} "
+                f"and {tuple(scores.shape)}"
+            )
+        check_same_device_dtype(scores, "scores", indices=indices)
+        self.indices = indices
+        self.scores = scores
+        self.selected_scores = scores.gather(1, indices)
+        batch, num_tokens = scores.shape
+        offsets = torch.arange(batch, device=indices.device).unsqueeze(1) * num_tokens
+        self._flat = (indices + offsets).reshape(-1)
+
+    @property
+    def batch_size(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.scores.shape[1]
+
+    @property
+    def num_selected(self) -> int:
+        return self.indices.shape[1]
+
+    def mask(self) -> torch.Tensor:
+        """``(B, N)`` bool, True where a token is selected (the paper's M)."""
+        m = torch.zeros_like(self.scores, dtype=torch.bool)
+        return m.scatter_(1, self.indices, True)
+
+    def _check(self, x: torch.Tensor, name: str) -> None:
+        check_tensor(x, name, 3, "(B, N, C)")
+        if x.shape[0] != self.batch_size or x.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"{name} must have shape (B={self.batch_size}, N={self.num_tokens}, C) to match "
+                f"the routes, got {tuple(x.shape)}"
+            )
+        if x.device != self.indices.device:
+            raise TypeError(f"{name} is on {x.device} but the routes are on {self.indices.device}")
+
+    def _check_rows(self, rows: torch.Tensor, x: torch.Tensor) -> None:
+        expected = (self.batch_size, self.num_selected, x.shape[2])
+        if tuple(rows.shape) != expected:
+            raise ValueError(f"rows must have shape (B, K, C) = {expected}, got {tuple(rows.shape)}")
+        check_same_device_dtype(x, "x", rows=rows)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Selected rows of ``x``: ``(B, N, C) -> (B, K, C)``."""
+        self._check(x, "x")
+        b, n, c = x.shape
+        return x.reshape(b * n, c).index_select(0, self._flat).view(b, self.num_selected, c)
+
+    def scatter(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A copy of ``x`` ``(B, N, C)`` whose selected rows are replaced by ``rows`` ``(B, K, C)``."""
+        self._check(x, "x")
+        self._check_rows(rows, x)
+        b, n, c = x.shape
+        return x.reshape(b * n, c).index_copy(0, self._flat, rows.reshape(-1, c)).view(b, n, c)
+
+    def scatter_add(self, x: torch.Tensor, rows: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x`` with ``rows`` ``(B, K, C)`` added to its selected rows; other rows untouched.
+
+        ``inplace=True`` writes into ``x`` and is meant for a buffer the caller just created
+        (it saves one full-size copy on the hot path).
+        """
+        self._check(x, "x")
+        self._check_rows(rows, x)
+        b, n, c = x.shape
+        flat_x = x.view(b * n, c) if inplace else x.reshape(b * n, c)
+        flat_rows = rows.reshape(-1, c)
+        if inplace:
+            return flat_x.index_add_(0, self._flat, flat_rows).view(b, n, c)
+        return flat_x.index_add(0, self._flat, flat_rows).view(b, n, c)
+
+    def __repr__(self) -> str:
+        return f"Routes(batch={self.batch_size}, tokens={self.num_tokens}, selected={self.num_selected})"
+
+
+class Router(nn.Module):
+    """Prediction layer: ``Linear(C -> 1)`` then softmax over the token axis.
+
+    ``(B, N, C) -> (B, N)`` scores in (0, 1) that sum to 1 per sample.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", 3, "(B, N, C)")
+        check_last_dim(x, "x", self.dim)
+        return self.proj(x).squeeze(-1).softmax(dim=-1)
+
+
+class TopKDispatcher(nn.Module):
+    """Select the ``k = ceil(keep_ratio * group_size)`` highest-scoring tokens of each group.
+
+    Args:
+        keep_ratio: share of tokens that take the performance path, in (0, 1].
+        always_keep: token positions that are selected whatever their score (e.g. CLS = 0).
+        group_size: tokens per group (an attention window); groups are contiguous runs of
+            ``group_size`` tokens and every group gets the same k. ``None``: one group of all N.
+
+    Forward: ``scores (B, N)`` and an optional ``ineligible`` bool mask ``(N,)`` or ``(B, N)``
+    (padding tokens, never selected) -> :class:`Routes` with ``(B, G * k)`` indices, sorted.
+    """
+
+    def __init__(
+        self,
+        keep_ratio: float = 0.25,
+        always_keep: Sequence[int] = (),
+        group_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        always_keep = tuple(int(i) for i in always_keep)
+        if len(set(always_keep)) != len(always_keep) or any(i < 0 for i in always_keep):
+            raise ValueError(f"always_keep must be distinct non-negative positions, got {always_keep}")
+        self.always_keep = always_keep
+        if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+            raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
+        self.group_size = group_size
+
+    def set_keep_ratio(self, keep_ratio: float) -> None:
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+
+    def num_selected(self, num_tokens: int) -> int:
+        """K, the number of selected tokens for a sequence of ``num_tokens``."""
+        group = self.group_size or num_tokens
+        return tokens_to_keep(self.keep_ratio, group) * (num_tokens // group)
+
+    def forward(self, scores: torch.Tensor, ineligible: torch.Tensor | None = None) -> Routes:
+        check_tensor(scores, "scores", 2, "(B, N)")
+        batch, n = scores.shape
+        group = self.group_size or n
+        if n % group != 0:
+            raise ValueError(f"group_size {group} must divide the number of tokens N={n}")
+        k = tokens_to_keep(self.keep_ratio, group)
+        ranking = scores.detach()
+        if self.always_keep:
+            self._check_always_keep(n, group, k)
+            keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
+            keep[list(self.always_keep)] = True
+            ranking = ranking.masked_fill(keep, float("inf"))
+        if ineligible is not None:
+            ranking = self._mask_ineligible(ranking, ineligible, group, k)
+        ranking = ranking.view(batch, n // group, group)
+        local = ranking.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        offsets = torch.arange(0, n, group, device=scores.device).view(1, -1, 1)
+        return Routes((local + offsets).view(batch, -1), scores)
+
+    def _check_always_keep(self, n: int, group: int, k: int) -> None:
+        if max(self.always_keep) >= n:
+            raise ValueError(f"always_keep positions {self.always_keep} must be < N={n}")
+        per_group: dict[int, int] = {}
+        for i in self.always_keep:
+            per_group[i // group] = per_group.get(i // group, 0) + 1
+        if max(per_group.values()) > k:
+            raise ValueError(
+                f"{max(per_group.values())} always-kept tokens in one group but only k={k} are "
+                f"selected per group (keep_ratio={self.keep_ratio}, group of {group})"
+            )
+
+    def _mask_ineligible(
+        self, ranking: torch.Tensor, ineligible: torch.Tensor, group: int, k: int
+    ) -> torch.Tensor:
+        batch, n = ranking.shape
+        if not isinstance(ineligible, torch.Tensor) or ineligible.dtype != torch.bool:
+            raise TypeError(f"ineligible must be a bool tensor of shape (N,) or (B, N), got {ineligible!r}")
+        if tuple(ineligible.shape) not in {(n,), (batch, n)}:
+            raise ValueError(
+                f"ineligible must have shape (N,)=({n},) or (B, N)=({batch}, {n}), "
+                f"got {tuple(ineligible.shape)}"
+            )
+        if ineligible.device != ranking.device:
+            raise TypeError(f"ineligible is on {ineligible.device} but scores are on {ranking.device}")
+        if self.always_keep and ineligible[..., list(self.always_keep)].any():
+            raise ValueError(f"always-kept positions {self.always_keep} are marked ineligible")
+        eligible_per_group = (~ineligible).reshape(-1, n // group, group).sum(-1)
+        fewest = int(eligible_per_group.min())
+        if fewest < k:
+            raise ValueError(
+                f"a group of {group} tokens has only {fewest} eligible tokens but k={k} must be "
+                f"selected in every group (keep_ratio={self.keep_ratio}); lower keep_ratio"
+            )
+        return ranking.masked_fill(ineligible, float("-inf"))
+
+    def extra_repr(self) -> str:
+        return (
+            f"keep_ratio={self.keep_ratio}, always_keep={self.always_keep}, "
+            f"group_size={self.group_size}"
+        )
