@@ -1,0 +1,112 @@
+"""The schedule-driven encoder: the paper's layouts, keep_ratio = 1, batch splits, MACs, timing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from routevit.bench import compare, format_table, time_pair
+from routevit.flops import count_macs
+from routevit.layers import BigLittleBlock, Block, PerformanceBlock
+from routevit.layers.encoder import BigLittleEncoder, Schedule
+
+B_T = Schedule.big_little_from(12, first_routed=2, predict_after=(1, 4, 7, 10))
+H_B = Schedule.big_little_from(32, first_routed=10, predict_after=(8, 16, 24), alternate=True)
+
+
+def test_b_plus_t_layout():
+    assert B_T.kinds[0] == "full" and set(B_T.kinds[1:]) == {"big_little"}
+    p_blocks = B_T.count("full") + B_T.count("big_little") + B_T.count("performance")
+    assert (p_blocks, B_T.count("big_little")) == (12, 11)
+
+
+def test_h_plus_b_layout():
+    assert H_B.kinds[:9] == ("full",) * 9
+    assert H_B.kinds[9] == "big_little" and H_B.kinds[10] == "performance" and H_B.kinds[31] == "big_little"
+    assert (H_B.depth, H_B.count("big_little")) == (32, 12)  # 32 P-blocks, 12 E-blocks
+
+
+def _small_encoder(schedule, keep_ratio=0.25):
+    return BigLittleEncoder(32, 4, 8, 2, schedule, keep_ratio=keep_ratio, always_keep=(0,)).eval()
+
+
+def test_encoder_builds_the_block_kinds_of_its_schedule():
+    enc = _small_encoder(Schedule(("full", "big_little", "performance"), (1,)))
+    assert [type(b) for b in enc.blocks] == [Block, BigLittleBlock, PerformanceBlock]
+    assert list(enc.routers) == ["1"]
+
+
+def test_keep_ratio_one_with_fresh_parameters_reproduces_the_vanilla_stack():
+    torch.manual_seed(0)
+    schedule = Schedule.big_little_from(4, first_routed=2, predict_after=(1, 3))
+    enc = _small_encoder(schedule, keep_ratio=1.0)
+    vanilla = nn.Sequential(*[Block(32, 4) for _ in range(4)]).eval()
+    for block, ours in zip(vanilla, enc.blocks, strict=True):
+        target = ours if isinstance(ours, Block) else ours.performance
+        target.load_state_dict(block.state_dict(), strict=False)
+    x = torch.randn(2, 17, 32)
+    out, expected = enc(x), vanilla(x)
+    # gamma = 1e-5 still adds 1e-5 of the E path on selected tokens: the only allowed difference
+    assert ((out - expected).norm() / expected.norm()).item() < 1e-4
+
+
+def test_results_do_not_depend_on_the_batch_split():
+    torch.manual_seed(0)
+    enc = _small_encoder(B_T.__class__.big_little_from(5, 2, (1, 3), alternate=True))
+    x = torch.randn(5, 13, 32)
+    whole = enc(x)
+    parts = torch.cat([enc(chunk) for chunk in x.split(2)])
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_routes_and_set_keep_ratio():
+    enc = _small_encoder(Schedule.big_little_from(4, 2, (1, 3)))
+    x = torch.randn(2, 16, 32)
+    out, routes = enc.forward_routes(x)
+    assert out.shape == x.shape and len(routes) == 2
+    assert all(r.num_selected == 4 and (r.indices[:, 0] == 0).all() for r in routes)
+    enc.set_keep_ratio(0.5)
+    assert enc.keep_ratio == 0.5
+    assert all(r.num_selected == 8 for r in enc.forward_routes(x)[1])
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        enc.set_keep_ratio(0)
+
+
+@pytest.mark.parametrize(
+    "kinds,predict_after,match",
+    [
+        (("full", "tiny"), (1,), "unknown layer kinds"),
+        (("full", "big_little"), (), "no prediction layer"),
+        (("big_little", "full"), (1,), "no prediction layer"),
+        (("full", "big_little"), (3,), "must lie in"),
+        (("full", "full", "big_little"), (2, 1), "increasing"),
+    ],
+)
+def test_schedule_errors(kinds, predict_after, match):
+    with pytest.raises(ValueError, match=match):
+        Schedule(kinds, predict_after)
+
+
+def test_mac_count_of_the_b_plus_t_stack_matches_the_analytic_formula():
+    """MACs counted on the real forward pass equal the hand count of every matmul."""
+    n, c, little, k = 197, 768, 192, 50
+    enc = BigLittleEncoder(c, 12, little, 3, B_T, keep_ratio=0.25, always_keep=(0,)).eval()
+    vanilla_layer = 12 * n * c * c + 2 * n * n * c
+    p_path = (10 * k + 2 * n) * c * c + 2 * k * n * c
+    e_path = 6 * n * c * little + 8 * n * little * little + 2 * n * n * little
+    routers = 4 * n * c
+    expected = vanilla_layer + 11 * (p_path + e_path) + routers
+    assert count_macs(enc, torch.randn(1, n, c)) == expected
+
+
+def test_compare_times_both_models_and_formats_a_table():
+    fast, slow = nn.Linear(8, 8), nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)])
+    macs, timings = compare(fast, slow, lambda b: torch.randn(b, 8), [1, 4], warmup=1, repeats=3)
+    assert macs == pytest.approx((64 / 1e9, 192 / 1e9))
+    assert [t.batch_size for t in timings] == [1, 4]
+    assert all(t.candidate_images_per_s > 0 and t.speedup > 0 and t.pairs == 3 for t in timings)
+    table = format_table("fast", "slow", macs, timings)
+    assert "MAC ratio 3.00x" in table and table.count("\n| ") == 3
+    with pytest.raises(ValueError, match="repeats"):
+        time_pair(fast, slow, lambda b: torch.randn(b, 8), 1, repeats=0)
