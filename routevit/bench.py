@@ -1,9 +1,9 @@
-"""Same-run speed comparisons of a routed model against a vanilla one.
+"""Same-run speed and memory comparisons of a routed model against a vanilla one.
 
 The two models are timed in alternation (A B, B A, A B, ...) in one process after warm-up, and
 the speed-up is the median of the per-pair ratios: on a noisy machine, two timings taken
 back to back share the noise that separate runs do not. What is timed is the model's forward
-pass only (no data loading), under ``torch.inference_mode``.
+pass only (no data loading), under ``torch.inference_mode``; CUDA is timed with events.
 """
 
 from __future__ import annotations
@@ -11,38 +11,108 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from .flops import count_macs
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass(frozen=True)
 class PairTiming:
-    """One batch size's result. ``speedup`` = baseline time / candidate time (median over pairs)."""
+    """One batch size's result. ``speedup`` = baseline time / candidate time (median over pairs);
+    peak memory is that of the activations (weights excluded), in MiB."""
 
     batch_size: int
     candidate_images_per_s: float
     baseline_images_per_s: float
     speedup: float
     pairs: int
+    candidate_peak_mib: float
+    baseline_peak_mib: float
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created inside the mode and still alive.
+
+    torch keeps no allocator statistics on the CPU, so the peak is measured from the tensors
+    themselves: every op's outputs are counted until the last tensor on their storage dies.
+    Storages that existed before (weights, the input) are not counted.
+    """
+
+    def __init__(self, existing: Iterable[torch.Tensor]) -> None:
+        super().__init__()
+        self._existing = {t.untyped_storage().data_ptr() for t in existing}
+        self._live: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key == 0 or key in self._existing:
+            return
+        entry = self._live.get(key)
+        if entry is None:
+            entry = self._live[key] = [storage.nbytes(), 0]
+            self.current += entry[0]
+            self.peak = max(self.peak, self.current)
+        entry[1] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self._live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self._live[key]
 
 
-def _timed(model: nn.Module, x: torch.Tensor, autocast: contextlib.AbstractContextManager) -> float:
-    _sync(x.device)
-    start = time.perf_counter()
-    with autocast:
+def peak_activation_bytes(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> int:
+    """Peak bytes of the intermediate tensors of one ``model(x)`` call (weights excluded)."""
+    with torch.inference_mode(), _autocast(x, bf16):
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+            torch.cuda.reset_peak_memory_stats(x.device)
+            base = torch.cuda.memory_allocated(x.device)
+            model(x)
+            torch.cuda.synchronize(x.device)
+            return torch.cuda.max_memory_allocated(x.device) - base
+        tracker = _LiveTensorBytes([x, *model.parameters(), *model.buffers()])
+        with tracker:
+            model(x)
+        return tracker.peak
+
+
+def _autocast(x: torch.Tensor, bf16: bool) -> contextlib.AbstractContextManager:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=torch.bfloat16)
+
+
+def _seconds(model: nn.Module, x: torch.Tensor, bf16: bool) -> float:
+    if x.device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        with _autocast(x, bf16):
+            model(x)
+        end.record()
+        torch.cuda.synchronize(x.device)
+        return start.elapsed_time(end) / 1e3
+    start_s = time.perf_counter()
+    with _autocast(x, bf16):
         model(x)
-    _sync(x.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start_s
 
 
 def time_pair(
@@ -59,31 +129,29 @@ def time_pair(
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     x = make_input(batch_size)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if not bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(x.device.type, dtype=torch.bfloat16)
-
     cand_times: list[float] = []
     base_times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
-            _timed(candidate, x, autocast())
-            _timed(baseline, x, autocast())
+            _seconds(candidate, x, bf16)
+            _seconds(baseline, x, bf16)
         for i in range(repeats):
-            order = (candidate, baseline) if i % 2 == 0 else (baseline, candidate)
-            first, second = (_timed(m, x, autocast()) for m in order)
-            c, b = (first, second) if i % 2 == 0 else (second, first)
-            cand_times.append(c)
-            base_times.append(b)
+            if i % 2 == 0:
+                cand_times.append(_seconds(candidate, x, bf16))
+                base_times.append(_seconds(baseline, x, bf16))
+            else:
+                base_times.append(_seconds(baseline, x, bf16))
+                cand_times.append(_seconds(candidate, x, bf16))
     ratios = [b / c for c, b in zip(cand_times, base_times, strict=True)]
+    mib = 2.0**20
     return PairTiming(
         batch_size=batch_size,
         candidate_images_per_s=batch_size / statistics.median(cand_times),
         baseline_images_per_s=batch_size / statistics.median(base_times),
         speedup=statistics.median(ratios),
         pairs=repeats,
+        candidate_peak_mib=peak_activation_bytes(candidate, x, bf16) / mib,
+        baseline_peak_mib=peak_activation_bytes(baseline, x, bf16) / mib,
     )
 
 
@@ -96,32 +164,34 @@ def compare(
     warmup: int = 2,
     repeats: int = 7,
     bf16: bool = False,
-) -> tuple[tuple[float, float], list[PairTiming]]:
-    """GMACs per image (candidate, baseline) and a :class:`PairTiming` per batch size."""
+) -> list[PairTiming]:
+    """A :class:`PairTiming` per batch size (both models are put in eval mode)."""
     candidate.eval()
     baseline.eval()
-    macs = (count_macs(candidate, make_input(1)) / 1e9, count_macs(baseline, make_input(1)) / 1e9)
-    timings = [
+    return [
         time_pair(candidate, baseline, make_input, bs, warmup=warmup, repeats=repeats, bf16=bf16)
         for bs in batch_sizes
     ]
-    return macs, timings
 
 
 def format_table(
-    candidate_name: str, baseline_name: str, macs: tuple[float, float], timings: Sequence[PairTiming]
+    candidate_name: str,
+    baseline_name: str,
+    macs: tuple[float, float],
+    timings: Sequence[PairTiming],
 ) -> str:
-    """A Markdown table of a :func:`compare` result; ``macs`` = (candidate, baseline) GMACs/image."""
+    """A Markdown table of :func:`compare` results; ``macs`` = (candidate, baseline) GMACs/image."""
     lines = [
-        f"candidate: {candidate_name} ({macs[0]:.2f} GMACs/image); "
-        f"baseline: {baseline_name} ({macs[1]:.2f} GMACs/image); MAC ratio {macs[1] / macs[0]:.2f}x",
+        f"candidate: {candidate_name} ({macs[0]:.2f} GMACs/image); baseline: {baseline_name} "
+        f"({macs[1]:.2f} GMACs/image); MAC ratio {macs[1] / macs[0]:.2f}x",
         "",
-        "| batch | candidate img/s | baseline img/s | speed-up (median of pairs) | pairs |",
-        "|---:|---:|---:|---:|---:|",
+        "| batch | candidate img/s | baseline img/s | speed-up (median of pairs) | pairs "
+        "| candidate peak MiB | baseline peak MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in timings:
         lines.append(
             f"| {t.batch_size} | {t.candidate_images_per_s:.2f} | {t.baseline_images_per_s:.2f} "
-            f"| {t.speedup:.2f}x | {t.pairs} |"
+            f"| {t.speedup:.2f}x | {t.pairs} | {t.candidate_peak_mib:.1f} | {t.baseline_peak_mib:.1f} |"
         )
     return "\n".join(lines)

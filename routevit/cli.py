@@ -21,6 +21,7 @@ def _positive_ints(text: str) -> list[int]:
 
 def _bench_stack(args: argparse.Namespace) -> int:
     from .bench import compare, format_table
+    from .flops import count_macs
     from .layers import Block
     from .layers.encoder import BigLittleEncoder, Schedule
 
@@ -31,10 +32,14 @@ def _bench_stack(args: argparse.Namespace) -> int:
         dim, heads, little_dim, little_heads, schedule, keep_ratio=args.keep_ratio, always_keep=(0,)
     )
     vanilla = torch.nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
-    macs, timings = compare(
+    def make_input(batch: int) -> torch.Tensor:
+        return torch.randn(batch, tokens, dim)
+
+    macs = (count_macs(big_little, make_input(1)) / 1e9, count_macs(vanilla, make_input(1)) / 1e9)
+    timings = compare(
         big_little,
         vanilla,
-        lambda b: torch.randn(b, tokens, dim),
+        make_input,
         args.batch_sizes,
         warmup=args.warmup,
         repeats=args.repeats,

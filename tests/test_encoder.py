@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from routevit.bench import compare, format_table, time_pair
+from routevit.bench import compare, format_table, peak_activation_bytes, time_pair
 from routevit.flops import count_macs
 from routevit.layers import BigLittleBlock, Block, PerformanceBlock
 from routevit.layers.encoder import BigLittleEncoder, Schedule
@@ -102,11 +102,20 @@ def test_mac_count_of_the_b_plus_t_stack_matches_the_analytic_formula():
 
 def test_compare_times_both_models_and_formats_a_table():
     fast, slow = nn.Linear(8, 8), nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)])
-    macs, timings = compare(fast, slow, lambda b: torch.randn(b, 8), [1, 4], warmup=1, repeats=3)
-    assert macs == pytest.approx((64 / 1e9, 192 / 1e9))
+    timings = compare(fast, slow, lambda b: torch.randn(b, 8), [1, 4], warmup=1, repeats=3)
     assert [t.batch_size for t in timings] == [1, 4]
     assert all(t.candidate_images_per_s > 0 and t.speedup > 0 and t.pairs == 3 for t in timings)
-    table = format_table("fast", "slow", macs, timings)
+    # activations only: one (4, 8) fp32 output for `fast`; `slow` holds two at a time
+    assert timings[1].candidate_peak_mib * 2**20 == 4 * 8 * 4
+    assert timings[1].baseline_peak_mib * 2**20 == 2 * 4 * 8 * 4
+    table = format_table("fast", "slow", (64 / 1e9, 192 / 1e9), timings)
     assert "MAC ratio 3.00x" in table and table.count("\n| ") == 3
     with pytest.raises(ValueError, match="repeats"):
         time_pair(fast, slow, lambda b: torch.randn(b, 8), 1, repeats=0)
+
+
+def test_peak_activation_bytes_counts_live_intermediates_only():
+    model = nn.Sequential(nn.Linear(100, 300), nn.GELU(), nn.Linear(300, 50)).eval()
+    x = torch.randn(7, 100)
+    # fc1's output lives while GELU writes its own; then GELU's output and fc2's output
+    assert peak_activation_bytes(model, x) == 2 * 7 * 300 * 4
