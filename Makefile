@@ -28,5 +28,8 @@ test: env
 lint: env
 	$(BIN)/ruff check routevit tests
 
+docs: env
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) site .pytest_cache .hypothesis

@@ -194,8 +194,10 @@ class BigLittleBlock(nn.Module):
     per sub-layer (attention, then FFN), each with its own residual.
 
     Args:
-        dim, num_heads: width and heads of the P path (the vanilla model's).
-        little_dim, little_heads: inner width and heads of the E path.
+        dim: width of the P path (the vanilla model's).
+        num_heads: attention heads of the P path.
+        little_dim: inner width of the E path.
+        little_heads: attention heads of the E path.
 
     Forward: ``x (B, N, C)``, ``routes`` -> ``(B, N, C)``.
     """

@@ -70,8 +70,10 @@ class BigLittleEncoder(nn.Module):
     """The transformer trunk of a bLViT: ``(B, N, C) -> (B, N, C)`` (no final norm).
 
     Args:
-        dim, num_heads: the performance (vanilla) width and heads.
-        little_dim, little_heads: the efficiency path's inner width and heads.
+        dim: the performance (vanilla) width.
+        num_heads: attention heads of the performance path.
+        little_dim: the efficiency path's inner width.
+        little_heads: attention heads of the efficiency path.
         schedule: the layer layout and prediction layers.
         keep_ratio: share of tokens routed to the P path.
         always_keep: positions always routed (0 for a CLS token).
