@@ -68,3 +68,16 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, caplog: pytes
     strict = ImageSamples(samples, build_transform(recipe, training=False), on_bad_image="error")
     with pytest.raises(BadImageError, match=r"img_001\.jpg.*data.on_bad_image=skip"):
         strict[1]
+
+
+def test_randaugment_posterize_with_zero_bits_does_not_crash(tmp_path: Path) -> None:
+    # DeiT's rand-m9-mstd0.5-inc1 reaches magnitude 10 -> posterize(0 bits); Pillow 13 raises.
+    from PIL import Image
+
+    recipe = tiny_recipe(tmp_path, tmp_path, augment={"auto_augment": "rand-m10-n1-inc1"})
+    transform = build_transform(recipe, training=True)
+    rand_augment = next(t for t in transform.transforms if hasattr(t, "ops"))
+    posterize = next(op for op in rand_augment.ops if "Posterize" in op.name)
+    posterize.prob = 1.0
+    out = posterize(Image.new("RGB", (8, 8), (200, 100, 50)))
+    assert out.getextrema() == ((0, 0), (0, 0), (0, 0))

@@ -32,10 +32,13 @@ def _is_routevit(name: str) -> bool:
 def create_any(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """routevit.create_model if ``name`` is registered there, else timm.create_model.
 
-    ``pretrained`` is a local weights file (None: random init). For routevit models it goes to
-    the factory (bLViT: initializes the P path); for timm models it is loaded by timm, which drops
-    a classifier of the wrong size.
+    ``pretrained`` is a local weights file, or a routevit checkpoint / run folder (its best or
+    newest ``model.safetensors``); None: random init. For routevit models it goes to the factory
+    (bLViT: initializes the P path); for timm models timm loads it, dropping a classifier whose
+    size differs.
     """
+    if pretrained is not None and Path(pretrained).is_dir():
+        pretrained = str(resolve_checkpoint(pretrained) / "model.safetensors")
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights file {pretrained!r} for model {name!r} does not exist")
     if _is_routevit(name):

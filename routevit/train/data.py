@@ -237,18 +237,40 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def _posterize_zero_bits_ok(img, bits_to_keep: int, **_: object):
+    """Posterize that accepts 0 bits (a black image), as older Pillow releases did."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(transform):
+    # timm's RandAugment maps magnitude 10 (reached by DeiT's m9-mstd0.5 noise) to posterize with
+    # 0 bits, which Pillow 13 (here) rejects with a ValueError mid-epoch. Keep the old semantics.
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = _posterize_zero_bits_ok
+    return transform
+
+
 def build_transform(recipe: Recipe, training: bool):
+    """timm's DeiT transform: ``PIL image -> (3, img_size, img_size)`` float tensor."""
     a = recipe.augment
     if not training:
         return create_transform(
             recipe.model.img_size, is_training=False, interpolation=a.interpolation,
             crop_pct=a.crop_pct, mean=a.mean, std=a.std,
         )  # fmt: skip
-    return create_transform(
+    return _patch_posterize(create_transform(
         recipe.model.img_size, is_training=True, scale=a.scale, hflip=a.hflip,
         color_jitter=a.color_jitter, auto_augment=a.auto_augment, interpolation=a.interpolation,
         re_prob=a.re_prob, re_mode=a.re_mode, re_count=1, mean=a.mean, std=a.std,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def build_mixup(recipe: Recipe, num_classes: int) -> Mixup | None:
