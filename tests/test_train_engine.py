@@ -18,7 +18,7 @@ from train_util import TINY_VIT, make_image_folder, tiny_recipe, tiny_recipe_dic
 from routevit.cli import main
 from routevit.layers.encoder import BigLittleEncoder, Schedule
 from routevit.models import list_models, register_model
-from routevit.train import NonFiniteLossError, train
+from routevit.train import BadImageError, NonFiniteLossError, train
 from routevit.train import checkpoint as ckpt
 from routevit.train.losses import DistillationLoss
 
@@ -171,3 +171,13 @@ def test_cli_exit_status_after_sigint(data: Path, tmp_path: Path, monkeypatch: p
     assert main(args) == 128 + signal.SIGINT
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")] == ["step-00000001"]
     assert _events(tmp_path / "out", "end")[0]["status"] == "interrupted"
+
+
+def test_unreadable_image_is_counted_or_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = make_image_folder(tmp_path / "d", per_class=6)
+    (data / "class_1" / "img_000.jpg").write_bytes(b"\xff\xd8 truncated")
+    train(tiny_recipe(data, tmp_path / "skip", train={"epochs": 1}))
+    assert sum(e["skipped"] for e in _events(tmp_path / "skip", "train")) == 1
+    assert "skipped 1 unreadable image(s)" in caplog.text
+    with pytest.raises(BadImageError, match=r"class_1/img_000\.jpg"):
+        train(tiny_recipe(data, tmp_path / "fail", train={"epochs": 1}, data={"on_bad_image": "error"}))

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from .config import Recipe, load_recipe, recipe_from_dict, replace_fields
+from .data import BadImageError
 from .engine import NonFiniteLossError, TrainResult, train
 from .evaluate import evaluate_checkpoint
 from .losses import DistillationLoss, feature_distillation_loss
 
 __all__ = [
+    "BadImageError",
     "DistillationLoss",
     "NonFiniteLossError",
     "Recipe",
@@ -52,7 +54,7 @@ def train_command(recipe_path: str, overrides: Sequence[str], resume: bool) -> i
     try:
         recipe = load_recipe(recipe_path, overrides)
         result = train(recipe, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, BadImageError) as e:
         print(f"routevit train: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -271,7 +271,7 @@ class _Run:
             self.ema.update(self.student, step=self.step)
         lr = self.optimizer.param_groups[0]["lr"]
         values = {"loss": loss_sum / world, "loss_sup": sup_sum / world, "lr": lr,
-                  "grad_norm": grad_norm.item(), "images": n, "skipped": skipped}  # fmt: skip
+                  "grad_norm": grad_norm.item(), "images": int(n), "skipped": int(skipped)}  # fmt: skip
         if self.teacher is not None:
             values["loss_fd"] = fd_sum / world
         return values
@@ -299,11 +299,11 @@ class _Run:
                     return False
                 done += 1
                 self.samples_in_epoch += self.global_batch
-                skipped_epoch += int(values["skipped"])
+                skipped_epoch += values["skipped"]
                 now = time.perf_counter()
                 self.train_seconds += now - tick
-                self.train_images += int(values["images"])
-                window_images += int(values["images"])
+                self.train_images += values["images"]
+                window_images += values["images"]
                 if done % self.recipe.run.log_every_steps == 0 or done == self.steps_per_epoch:
                     values["images_per_s"] = window_images / max(now - window_start, 1e-9)
                     self.metrics.write("train", self.step, epoch=self.epoch, **values)
