@@ -46,6 +46,25 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import train_command
+
+    # explicit flags win over --set, which wins over the recipe file
+    overrides = list(args.set)
+    for flag, key in (("data", "data.root"), ("output", "run.output"), ("epochs", "train.epochs"),
+                      ("batch_size", "train.batch_size")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return train_command(args.recipe, overrides, args.resume)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import eval_command
+
+    return eval_command(args.checkpoint, args.data, args.batch_size, args.ema, args.workers, args.device)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routevit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +82,31 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--out", help="also write the Markdown report to this file")
     bench.set_defaults(func=_bench)
+
+    train = sub.add_parser(
+        "train",
+        help="train a recipe (one process, or each process of torchrun --nproc_per_node N)",
+        description="Train a YAML recipe. Exit status: 0 finished, 128+N stopped by signal N (after "
+        "saving a checkpoint), 1 non-finite loss, 2 recipe or data error.",
+    )
+    train.add_argument("recipe", help="YAML recipe, e.g. recipes/cifar10/vit_tiny.yaml")
+    train.add_argument("--data", help="dataset root (data.root)")
+    train.add_argument("--output", help="run folder for checkpoints and logs (run.output)")
+    train.add_argument("--epochs", type=int, help="train.epochs")
+    train.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set optim.lr=1e-3 (repeatable)")  # fmt: skip
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="top-1/top-5, GMACs and images/s of a checkpoint on its validation data")
+    ev.add_argument("checkpoint", help="checkpoint directory, or a run folder (its best checkpoint)")
+    ev.add_argument("--data", help="dataset root laid out as in the training recipe (default: the recipe's)")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    ev.add_argument("--workers", type=int, help="data loader workers (default: the recipe's)")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.set_defaults(func=_eval)
     return parser
 
 

@@ -1,0 +1,90 @@
+"""Minimal trainer for bLViT (and any timm-style classifier): feature distillation, torchrun DDP,
+atomic resumable checkpoints. Entry points: :func:`train`, :func:`evaluate_checkpoint`,
+:func:`load_recipe`; the ``routevit train`` / ``routevit eval`` commands call :func:`train_command`
+and :func:`eval_command`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import Recipe, load_recipe, recipe_from_dict, replace_fields
+from .data import BadImageError
+from .engine import NonFiniteLossError, TrainResult, train
+from .evaluate import evaluate_checkpoint
+from .losses import DistillationLoss, feature_distillation_loss
+
+__all__ = [
+    "BadImageError",
+    "DistillationLoss",
+    "NonFiniteLossError",
+    "Recipe",
+    "TrainResult",
+    "eval_command",
+    "evaluate_checkpoint",
+    "feature_distillation_loss",
+    "load_recipe",
+    "recipe_from_dict",
+    "replace_fields",
+    "train",
+    "train_command",
+]
+
+logger = logging.getLogger("routevit.train")
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"
+        if "RANK" in os.environ
+        else "%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def train_command(recipe_path: str, overrides: Sequence[str], resume: bool) -> int:
+    """``routevit train``: 0 when finished, 128 + signal number when stopped by a signal (after
+    saving), 1 on a non-finite loss, 2 on a recipe or data error."""
+    _setup_logging()
+    try:
+        recipe = load_recipe(recipe_path, overrides)
+        result = train(recipe, resume=resume)
+    except (ValueError, FileNotFoundError, FileExistsError, BadImageError) as e:
+        print(f"routevit train: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"routevit train: {e}", file=sys.stderr)
+        return 1
+    if result.status == "interrupted":
+        return 128 + (result.signal or 0)
+    logger.info(
+        "finished: epoch %d, step %d, %.1f training images/s, best %s, last checkpoint %s",
+        result.epoch,
+        result.step,
+        result.train_images_per_s,
+        result.best,
+        result.last_checkpoint,
+    )
+    return 0
+
+
+def eval_command(
+    checkpoint: str, data: str | None, batch_size: int, ema: bool, num_workers: int | None, device: str
+) -> int:
+    """``routevit eval``: prints the metrics as one JSON object."""
+    _setup_logging()
+    try:
+        result = evaluate_checkpoint(
+            checkpoint, data, batch_size, ema=ema, num_workers=num_workers, device=device
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"routevit eval: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,184 @@
+"""Building what a recipe names: student, teacher, optimizer, LR schedule.
+
+Model names resolve through routevit's registry first (bLViT models), then timm's (vanilla
+teachers and baselines such as ``deit_base_patch16_224``). Any timm-style classifier works as
+a student: it must offer ``forward_features(x) -> (B, N, C)`` and ``forward_head(f, pre_logits)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from .checkpoint import load_weights, resolve_checkpoint
+from .config import ModelConfig, Recipe, load_recipe
+
+logger = logging.getLogger(__name__)
+
+
+def _is_routevit(name: str) -> bool:
+    from routevit.models import list_models
+
+    return name in list_models()
+
+
+def create_any(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """routevit.create_model if ``name`` is registered there, else timm.create_model.
+
+    ``pretrained`` is a local weights file, or a routevit checkpoint / run folder (its best or
+    newest ``model.safetensors``); None: random init. For routevit models it goes to the factory
+    (bLViT: initializes the P path); for timm models timm loads it, dropping a classifier whose
+    size differs.
+    """
+    if pretrained is not None and Path(pretrained).is_dir():
+        pretrained = str(resolve_checkpoint(pretrained) / "model.safetensors")
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"pretrained weights file {pretrained!r} for model {name!r} does not exist")
+    if _is_routevit(name):
+        from routevit.models import create_model
+
+        return create_model(name, pretrained=pretrained, **kwargs)
+    if "keep_ratio" in kwargs:
+        raise ValueError(f"keep_ratio applies to routevit models only; {name!r} is not one")
+    if not timm.is_model(name):
+        from routevit.models import list_models
+
+        raise ValueError(
+            f"unknown model {name!r}: neither a routevit model ({list_models()}) nor a timm model "
+            "(see timm.list_models())"
+        )
+    if pretrained is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": pretrained}, **kwargs)
+
+
+def check_interface(model: nn.Module, role: str) -> None:
+    for attr in ("forward_features", "forward_head"):
+        if not callable(getattr(model, attr, None)):
+            raise TypeError(
+                f"the {role} ({type(model).__name__}) has no {attr}(); the trainer expects a timm-style "
+                "classifier with forward_features(x) -> (B, N, C) and forward_head(f, pre_logits=False)"
+            )
+
+
+def build_student(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
+    """The student of ``cfg`` (``pretrained=False`` skips the init weights, e.g. before loading a
+    checkpoint)."""
+    kwargs: dict[str, Any] = {
+        "num_classes": cfg.num_classes,
+        "img_size": cfg.img_size,
+        "drop_path_rate": cfg.drop_path_rate,
+        **cfg.kwargs,
+    }
+    if cfg.keep_ratio is not None:
+        kwargs["keep_ratio"] = cfg.keep_ratio
+    model = create_any(cfg.name, cfg.pretrained if pretrained else None, **kwargs)
+    check_interface(model, "student")
+    return model
+
+
+def build_teacher(recipe: Recipe) -> nn.Module | None:
+    """The frozen teacher in eval mode, or None when distillation is off.
+
+    ``distill.teacher_checkpoint`` may be a routevit checkpoint (or run) directory, whose recipe
+    rebuilds the model; a weights file for ``distill.teacher`` (timm's loader, weights_only); or
+    None for timm's published pretrained weights of ``distill.teacher``.
+    """
+    d = recipe.distill
+    if d.teacher is None:
+        return None
+    ckpt = d.teacher_checkpoint
+    if ckpt is not None and Path(ckpt).is_dir():
+        ckpt_dir = resolve_checkpoint(ckpt)
+        cfg = load_recipe(ckpt_dir / "recipe.yaml").model
+        if cfg.name != d.teacher:
+            raise ValueError(
+                f"distill.teacher is {d.teacher!r} but the checkpoint {str(ckpt_dir)!r} holds a {cfg.name!r}"
+            )
+        teacher = build_student(cfg, pretrained=False)
+        teacher.load_state_dict(load_weights(ckpt_dir))
+        logger.info("teacher %s from routevit checkpoint %s", d.teacher, ckpt_dir)
+    else:
+        kwargs = {
+            "num_classes": recipe.model.num_classes,
+            "img_size": recipe.model.img_size,
+            **d.teacher_kwargs,
+        }
+        if ckpt is None:
+            if _is_routevit(d.teacher):
+                raise ValueError(f"the routevit teacher {d.teacher!r} needs distill.teacher_checkpoint")
+            teacher = timm.create_model(d.teacher, pretrained=True, **kwargs)
+            logger.info("teacher %s with timm's pretrained weights", d.teacher)
+        else:
+            if not Path(ckpt).is_file():
+                raise FileNotFoundError(f"distill.teacher_checkpoint {ckpt!r} does not exist")
+            teacher = create_any(d.teacher, None, **kwargs)
+            timm.models.load_checkpoint(teacher, ckpt, strict=True, weights_only=True)
+            logger.info("teacher %s from %s", d.teacher, ckpt)
+    check_interface(teacher, "teacher")
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+class WithFeatures(nn.Module):
+    """Wraps a classifier so that one ``forward`` (the one DDP hooks) yields logits and features.
+
+    ``forward(x (B, 3, H, W)) -> (logits (B, K), features)``, features ``(B, N, C)`` for
+    ``"tokens"``, ``(B, C)`` for ``"pre_logits"``, None for ``None``.
+    """
+
+    def __init__(self, model: nn.Module, feature: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.feature = feature
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        f = self.model.forward_features(x)
+        logits = self.model.forward_head(f)
+        if self.feature == "tokens":
+            return logits, f
+        if self.feature == "pre_logits":
+            return logits, self.model.forward_head(f, pre_logits=True)
+        return logits, None
+
+
+@torch.no_grad()
+def teacher_features(teacher: nn.Module, x: torch.Tensor, feature: str) -> torch.Tensor:
+    f = teacher.forward_features(x)
+    return f if feature == "tokens" else teacher.forward_head(f, pre_logits=True)
+
+
+def scaled_lr(recipe: Recipe) -> float:
+    """DeiT's linear scaling: ``lr * global_batch / lr_base_batch``."""
+    o = recipe.optim
+    return o.lr if o.lr_base_batch is None else o.lr * recipe.train.batch_size / o.lr_base_batch
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """timm's optimizer factory: no weight decay on biases, norms and ``no_weight_decay()``."""
+    o = recipe.optim
+    return create_optimizer_v2(
+        model, opt=o.opt, lr=scaled_lr(recipe), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> CosineLRScheduler:
+    """Per-step cosine decay to ``min_lr`` after a linear warm-up from ``warmup_lr``."""
+    o = recipe.optim
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=recipe.train.epochs * steps_per_epoch,
+        lr_min=o.min_lr,
+        warmup_t=round(o.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=o.warmup_lr,
+        t_in_epochs=False,
+    )

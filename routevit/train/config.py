@@ -1,0 +1,349 @@
+"""Recipes: YAML files mapped onto frozen dataclasses, with ``--set key=value`` overrides.
+
+A recipe has one section per dataclass below (``model``, ``distill``, ``data``, ``augment``,
+``optim``, ``train``, ``run``). Defaults follow the paper and DeiT; a key the dataclasses do not
+know, or a value of the wrong type, is a ``ValueError`` that names the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The student. ``name`` is looked up in routevit's registry first, then in timm's."""
+
+    name: str = "blvit_deit_b_t"
+    pretrained: str | None = None  # checkpoint path; for bLViT it initializes the P path
+    num_classes: int = 1000
+    img_size: int = 224
+    drop_path_rate: float = 0.1
+    keep_ratio: float | None = None  # routevit models only; None keeps the model's default
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to the model factory
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Feature distillation from a frozen teacher; off when ``teacher`` is None."""
+
+    teacher: str | None = None
+    # a timm weights file, a routevit checkpoint directory, or None for timm's pretrained weights
+    teacher_checkpoint: str | None = None
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    lambda_fd: float = 2.5
+    feature: Literal["tokens", "pre_logits"] = "tokens"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """An ImageFolder tree. With ``holdout_per_class > 0``, validation is the N lexicographically
+    last files of each class of ``train_dir`` and ``val_dir`` must be None."""
+
+    root: str | None = None
+    train_dir: str = "train"
+    val_dir: str | None = "val"
+    holdout_per_class: int = 0
+    max_train_per_class: int | None = None  # first N (sorted) training files per class
+    max_val_per_class: int | None = None
+    num_workers: int = 8
+    on_bad_image: Literal["skip", "error"] = "skip"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """DeiT's augmentation (timm's create_transform and Mixup)."""
+
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.3
+    interpolation: str = "bicubic"
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a per-step cosine schedule and linear warm-up; lr scales by batch / lr_base_batch."""
+
+    opt: str = "adamw"
+    lr: float = 5e-4
+    lr_base_batch: int | None = 512  # None: use lr as given
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad_norm: float | None = 1.0  # on by default (token pruning trainings diverge without)
+    warmup_epochs: float = 5.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings. ``batch_size`` is the global batch, split evenly over the processes."""
+
+    epochs: int = 300
+    batch_size: int = 1024
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
+    ema: bool = False
+    ema_decay: float = 0.99996
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False  # deterministic CUDA kernels (slower)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Outputs: checkpoints, logs, metrics."""
+
+    output: str = "runs/default"
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    keep_last: int = 3
+    val_every_epochs: int = 1
+    log_every_steps: int = 50
+    progress: Literal["auto", "bar", "lines"] = "auto"  # auto: tqdm on a terminal
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(r: Recipe) -> None:
+    checks = [
+        (r.train.epochs >= 1, "train.epochs", "an integer >= 1", r.train.epochs),
+        (r.train.batch_size >= 1, "train.batch_size", "an integer >= 1", r.train.batch_size),
+        (r.optim.lr > 0, "optim.lr", "a positive float", r.optim.lr),
+        (r.run.keep_last >= 1, "run.keep_last", "an integer >= 1", r.run.keep_last),
+        (
+            r.run.checkpoint_every_steps >= 0,
+            "run.checkpoint_every_steps",
+            ">= 0",
+            r.run.checkpoint_every_steps,
+        ),
+        (r.run.val_every_epochs >= 1, "run.val_every_epochs", "an integer >= 1", r.run.val_every_epochs),
+        (r.run.log_every_steps >= 1, "run.log_every_steps", "an integer >= 1", r.run.log_every_steps),
+        (r.data.holdout_per_class >= 0, "data.holdout_per_class", ">= 0", r.data.holdout_per_class),
+        (r.data.num_workers >= 0, "data.num_workers", ">= 0", r.data.num_workers),
+        (
+            0 <= r.model.drop_path_rate < 1,
+            "model.drop_path_rate",
+            "a float in [0, 1)",
+            r.model.drop_path_rate,
+        ),
+        (r.distill.lambda_fd >= 0, "distill.lambda_fd", ">= 0", r.distill.lambda_fd),
+        (
+            0 <= r.augment.label_smoothing < 1,
+            "augment.label_smoothing",
+            "in [0, 1)",
+            r.augment.label_smoothing,
+        ),
+    ]
+    for ok, key, expected, got in checks:
+        if not ok:
+            raise ValueError(f"recipe key {key} must be {expected}, got {got!r}")
+    if r.data.holdout_per_class > 0 and r.data.val_dir is not None:
+        raise ValueError(
+            "recipe keys data.holdout_per_class and data.val_dir are exclusive: validation is either "
+            f"held out of train_dir or read from val_dir (got holdout_per_class={r.data.holdout_per_class}, "
+            f"val_dir={r.data.val_dir!r}); set data.val_dir to null"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML <-> dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert YAML forms (lists -> tuples,
+    '5e-4' -> float, since YAML 1.1 reads exponents without a dot as strings)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as e:
+                errors.append(e)
+        raise ValueError(f"recipe key {key} expects {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"recipe key {key} must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"recipe key {key} expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"recipe key {key} expects a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"recipe key {key} expects a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"recipe key {key} expects true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"recipe key {key} expects an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"recipe key {key} expects a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"recipe key {key} expects a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"recipe key {key} expects a string, got {value!r}")
+        return value
+    raise TypeError(f"recipe key {key}: unsupported annotation {tp!r}")  # a bug in this module
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"recipe section {prefix or '<top level>'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"in section {prefix!r}" if prefix else "at the top level"
+        raise ValueError(f"unknown recipe key(s) {unknown} {where}; valid keys: {names}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(values: Mapping[str, Any]) -> Recipe:
+    """Build a Recipe from nested mappings (missing keys take the defaults)."""
+    return _build(Recipe, values, "")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists), ready for YAML."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'optim.lr=1e-3'`` -> ``('optim.lr', 0.001)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"an override must look like section.key=value, got {text!r}")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def with_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to nested recipe mappings (checked when built)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()}
+    sections = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    for text in overrides:
+        key, value = parse_override(text)
+        section, dot, name = key.partition(".")
+        if section not in sections or not dot or "." in name:
+            raise ValueError(
+                f"override key {key!r} must be section.key with section one of {sorted(sections)}"
+            )
+        if section not in out or out[section] is None:
+            out[section] = {}
+        out[section][name] = value
+    return out
+
+
+def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ValueError(
+                f"recipe {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}"
+            )
+        values = dict(loaded or {})
+    return recipe_from_dict(with_overrides(values, overrides))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+
+
+def recipe_diff(a: Recipe, b: Recipe) -> list[str]:
+    """Dotted keys whose values differ between two recipes."""
+    da, db = recipe_to_dict(a), recipe_to_dict(b)
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def replace_fields(recipe: Recipe, **sections: Mapping[str, Any]) -> Recipe:
+    """A validated copy with some fields replaced: ``replace_fields(r, train={"epochs": 1})``."""
+    for name in sections:
+        if name not in {f.name for f in dataclasses.fields(Recipe)}:
+            raise ValueError(f"unknown recipe section {name!r}")
+    return dataclasses.replace(
+        recipe,
+        **{name: dataclasses.replace(getattr(recipe, name), **dict(f)) for name, f in sections.items()},
+    )

@@ -1,0 +1,420 @@
+"""The training loop: one process or torchrun DDP, resumable to the bit, never losing a run.
+
+Determinism. Model init uses ``train.seed``; every step reseeds torch / numpy / random from
+``(seed, step, rank)`` (drop path, Mixup), and every training image's augmentation from
+``(seed, epoch, index)`` (see :mod:`routevit.train.data`). The RNG states are saved in each
+checkpoint as well, but the per-step derivation is what makes a resumed run (even one resumed
+on a different number of workers) replay the same random numbers.
+
+Stopping. A SIGTERM/SIGINT sets a flag; at the next step every rank agrees (one small
+all-reduce per step that also carries the loss) to skip that step, save a checkpoint at the
+step boundary and return ``status="interrupted"``. A non-finite loss or gradient norm raises
+:class:`NonFiniteLossError` before the optimizer steps; nothing is saved, so the newest
+checkpoint is the last good one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+
+from . import checkpoint as ckpt
+from .build import (
+    WithFeatures,
+    build_optimizer,
+    build_scheduler,
+    build_student,
+    build_teacher,
+    teacher_features,
+)
+from .config import Recipe, load_recipe, recipe_diff, recipe_to_dict
+from .data import Batch, build_mixup, derive_seed, eval_loader, find_splits, local_batch_size, train_loader
+from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, init_distributed
+from .evaluate import autocast, evaluate_model
+from .logs import MetricsLog, Progress
+from .losses import DistillationLoss, supervised_loss
+
+logger = logging.getLogger("routevit.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; the run stopped without saving."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # "finished" or "interrupted"
+    output: Path
+    epoch: int  # completed epochs
+    step: int  # optimizer steps
+    last_checkpoint: Path | None
+    best: dict[str, Any] | None
+    train_images_per_s: float  # this invocation's training steps, data loading included
+    replica_digests: list[str]  # SHA-256 of each rank's final weights
+    signal: int | None = None  # the signal that stopped an interrupted run
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
+    state = _rng_state()
+    if not info.distributed:
+        return [state]
+    out: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(out, state)
+    return out
+
+
+class _Run:
+    """State and steps of one ``train()`` call (set-up in ``__init__``, loop in ``run``)."""
+
+    def __init__(self, recipe: Recipe, info: DistInfo, resume: bool) -> None:
+        self.recipe, self.info = recipe, info
+        r, t = recipe, recipe.train
+        if t.amp == "fp16" and info.device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs CUDA (it uses a grad scaler); use bf16 or none on CPU")
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.out = Path(r.run.output)
+        self.ckpt_root = self.out / "checkpoints"
+        if not resume and ckpt.list_checkpoints(self.ckpt_root):
+            raise FileExistsError(
+                f"{str(self.ckpt_root)!r} already holds checkpoints; pass --resume to continue that run "
+                "or choose another --output"
+            )
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        splits = find_splits(r)
+        if len(splits.classes) != r.model.num_classes:
+            raise ValueError(
+                f"the data has {len(splits.classes)} classes but model.num_classes is {r.model.num_classes}"
+            )
+        seed_all(derive_seed(t.seed))
+        self.student = build_student(r.model).to(info.device)
+        self.teacher = build_teacher(r)
+        if self.teacher is not None:
+            self.teacher.to(info.device)
+        feature = r.distill.feature if self.teacher is not None else None
+        self.mixup = build_mixup(r, r.model.num_classes)
+        self.loader, self.sampler = train_loader(splits.train, r, info, self.mixup is not None)
+        self.val_loader = eval_loader(splits.val, r, info, self.loader.batch_size) if splits.val else None
+        self.global_batch = t.batch_size
+        self.steps_per_epoch = self.sampler.num_samples // local_batch_size(t.batch_size, info.world_size)
+        self.optimizer = build_optimizer(self.student, r)
+        self.scheduler = build_scheduler(self.optimizer, r, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+        self.ema = ModelEmaV3(self.student, decay=t.ema_decay) if t.ema else None
+        self.loss_fn = DistillationLoss(supervised_loss(self.mixup is not None, r.augment.label_smoothing),
+                                        r.distill.lambda_fd)  # fmt: skip
+        self.epoch, self.samples_in_epoch, self.step = 0, 0, 0
+        self.best: dict[str, Any] | None = None
+        self.last_checkpoint: Path | None = None
+        if resume:
+            self._restore()
+        net = WithFeatures(self.student, feature)
+        if info.distributed:
+            net = DistributedDataParallel(
+                net, device_ids=[info.device.index] if info.device.type == "cuda" else None
+            )
+        self.net = net
+        self.metrics = MetricsLog(
+            self.out / "metrics.jsonl" if info.is_main else None, self.out / "tensorboard"
+        )
+        self.stop_signal: int | None = None
+        self.train_seconds, self.train_images = 0.0, 0
+        if info.is_main:
+            ckpt.atomic_write_text(self.out / "recipe.yaml", _yaml(r))
+            logger.info(
+                "training %s on %d images (%d classes), %d steps/epoch of %d images, %d process(es) on %s, "
+                "distillation %s", r.model.name, len(splits.train), len(splits.classes), self.steps_per_epoch,
+                t.batch_size, info.world_size, info.device,
+                f"from {r.distill.teacher} (lambda_fd {r.distill.lambda_fd}, {feature})"
+                if feature else "off",
+            )  # fmt: skip
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
+        if latest is None:
+            logger.info("--resume: no checkpoint in %s yet; starting from scratch", self.ckpt_root)
+            return
+        changed = recipe_diff(load_recipe(latest / "recipe.yaml"), self.recipe)
+        if changed:
+            logger.warning("resuming with a recipe that differs from the checkpoint's in %s", changed)
+        self.student.load_state_dict(ckpt.load_weights(latest))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt.load_weights(latest, ema=True))
+        st = ckpt.load_train_state(latest)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.samples_in_epoch, self.step = st["epoch"], st["samples_in_epoch"], st["step"]
+        self.best = ckpt.read_best(self.ckpt_root)
+        if len(st["rng"]) == self.info.world_size:
+            _set_rng_state(st["rng"][self.info.rank])
+        self.last_checkpoint = latest
+        logger.info("resumed from %s (epoch %d, step %d)", latest, self.epoch, self.step)
+
+    def _save(self, metrics: dict[str, Any] | None = None) -> None:
+        """Collective (RNG states are gathered); rank 0 writes."""
+        rng = _gather_rng_states(self.info)
+        if not self.info.is_main:
+            return
+        state = {
+            "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "step": self.step,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.info.world_size,
+        }  # fmt: skip
+        meta = {
+            "epoch": self.epoch,
+            "samples_in_epoch": self.samples_in_epoch,
+            "step": self.step,
+            **(metrics or {}),
+        }
+        ema_state = self.ema.module.state_dict() if self.ema is not None else None
+        path = ckpt.save_checkpoint(
+            self.ckpt_root, self.step, self.student.state_dict(), state, self.recipe, meta, ema_state
+        )
+        self.last_checkpoint = path
+        if (
+            metrics
+            and "val_top1" in metrics
+            and (self.best is None or metrics["val_top1"] > self.best["metric"])
+        ):
+            ckpt.write_best(self.ckpt_root, path.name, metrics["val_top1"], self.epoch)
+            self.best = ckpt.read_best(self.ckpt_root)
+        ckpt.prune(self.ckpt_root, self.recipe.run.keep_last)
+        self.metrics.write("checkpoint", self.step, path=str(path), epoch=self.epoch)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimizer step; None when a stop was requested (nothing changed)."""
+        dev, t = self.info.device, self.recipe.train
+        x = batch.images.to(dev, non_blocking=True)
+        y = batch.targets.to(dev, non_blocking=True)
+        seed_all(derive_seed(t.seed, self.step, self.info.rank))
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        with autocast(dev, t.amp):
+            logits, feat = self.net(x)
+            t_feat = teacher_features(self.teacher, x, self.recipe.distill.feature) if self.teacher else None
+            loss, parts = self.loss_fn(logits, y, feat, t_feat)
+        # Every rank must take the same branch below, so the flags are summed over ranks first.
+        fd = parts.get("loss_fd", torch.zeros((), device=dev))
+        flags = torch.tensor(
+            [len(y), batch.skipped, float(self.stop_signal is not None)], dtype=torch.float32, device=dev
+        )
+        flags = torch.cat([torch.stack([loss.detach(), parts["loss_sup"], fd]).float(), flags])
+        flags = torch.cat([flags, (~torch.isfinite(loss.detach())).float()[None]])
+        loss_sum, sup_sum, fd_sum, n, skipped, stop, nonfinite = all_reduce_sum(flags).tolist()
+        if stop:
+            return None
+        world = self.info.world_size
+        if nonfinite:
+            self._nonfinite(f"loss {loss_sum / world}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.recipe.optim.clip_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else math.inf)
+        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
+            self._nonfinite(f"gradient norm {grad_norm.item()}")
+        self.scheduler.step_update(num_updates=self.step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.student, step=self.step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        values = {"loss": loss_sum / world, "loss_sup": sup_sum / world, "lr": lr,
+                  "grad_norm": grad_norm.item(), "images": int(n), "skipped": int(skipped)}  # fmt: skip
+        if self.teacher is not None:
+            values["loss_fd"] = fd_sum / world
+        return values
+
+    def _nonfinite(self, what: str) -> None:
+        last = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"non-finite {what} at epoch {self.epoch}, step {self.step}; stopped without saving. Last good "
+            f"checkpoint: {last}. Try a lower optim.lr, keep optim.clip_grad_norm on, or another train.seed."
+        )
+
+    def _train_epoch(self) -> bool:
+        """Train to the end of the epoch; False if a stop was requested."""
+        world, every = self.info.world_size, self.recipe.run.checkpoint_every_steps
+        self.sampler.set_position(self.epoch, self.samples_in_epoch // world)
+        done = self.samples_in_epoch // self.global_batch
+        progress = Progress(self.info.is_main, self.recipe.run.progress, self.steps_per_epoch, self.epoch,
+                            self.recipe.run.log_every_steps, initial=done)  # fmt: skip
+        window_images, window_start, skipped_epoch = 0, time.perf_counter(), 0
+        tick = time.perf_counter()
+        try:
+            for batch in self.loader:
+                values = self._step(batch)
+                if values is None:
+                    return False
+                done += 1
+                self.samples_in_epoch += self.global_batch
+                skipped_epoch += values["skipped"]
+                now = time.perf_counter()
+                self.train_seconds += now - tick
+                self.train_images += values["images"]
+                window_images += values["images"]
+                if done % self.recipe.run.log_every_steps == 0 or done == self.steps_per_epoch:
+                    values["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                    self.metrics.write("train", self.step, epoch=self.epoch, **values)
+                    window_images, window_start = 0, now
+                progress.update(done, {k: values[k] for k in ("loss", "lr") if k in values})
+                if every and self.step % every == 0 and done < self.steps_per_epoch:
+                    self._save()
+                tick = time.perf_counter()
+        finally:
+            progress.close()
+        if skipped_epoch:
+            logger.warning(
+                "epoch %d: skipped %d unreadable image(s) (data.on_bad_image=skip)", self.epoch, skipped_epoch
+            )
+        return True
+
+    def _validate(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.val_loader is None:
+            return out
+        res = evaluate_model(self.student, self.val_loader, self.info.device, self.recipe.train.amp)
+        out.update(val_top1=res["top1"], val_top5=res["top5"], val_images=res["images"])
+        if self.ema is not None:
+            res_ema = evaluate_model(
+                self.ema.module, self.val_loader, self.info.device, self.recipe.train.amp
+            )
+            out.update(val_ema_top1=res_ema["top1"], val_ema_top5=res_ema["top5"])
+        return out
+
+    def run(self) -> TrainResult:
+        r = self.recipe
+        status = "finished"
+        with _StopOnSignals(self):
+            while self.epoch < r.train.epochs:
+                if not self._train_epoch():
+                    status = "interrupted"
+                    break
+                self.epoch += 1
+                self.samples_in_epoch = 0
+                metrics: dict[str, Any] = {}
+                if self.epoch % r.run.val_every_epochs == 0 or self.epoch == r.train.epochs:
+                    metrics = self._validate()
+                if metrics:
+                    self.metrics.write("val", self.step, epoch=self.epoch, **metrics)
+                    logger.info(
+                        "epoch %d: %s", self.epoch, " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                    )
+                self._save(metrics)
+            if status == "interrupted":
+                self._save()
+                logger.warning(
+                    "stopped by signal %s at epoch %d, step %d; saved %s; continue with --resume",
+                    self.stop_signal, self.epoch, self.step, self.last_checkpoint,
+                )  # fmt: skip
+        digests = gather_digests(self.student)
+        ips = self.train_images / self.train_seconds if self.train_seconds else 0.0
+        self.metrics.write("end", self.step, status=status, epoch=self.epoch, train_images_per_s=ips,
+                           replica_digests=digests, signal=self.stop_signal)  # fmt: skip
+        self.metrics.close()
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"DDP replicas ended with different weights: {digests}")
+        return TrainResult(
+            status,
+            self.out,
+            self.epoch,
+            self.step,
+            self.last_checkpoint,
+            self.best,
+            ips,
+            digests,
+            self.stop_signal,
+        )
+
+
+class _StopOnSignals:
+    """SIGTERM/SIGINT ask the loop to stop at the next step; a second SIGINT interrupts at once."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.run.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.run.stop_signal = signum
+        logger.warning("received signal %d; saving at the next step boundary", signum)
+
+    def __enter__(self) -> _StopOnSignals:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def _yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def train(recipe: Recipe, resume: bool = False) -> TrainResult:
+    """Train ``recipe`` (in this process, or in each process torchrun started).
+
+    With ``resume``, continue from the newest checkpoint in ``run.output/checkpoints`` (or start
+    fresh if there is none). Raises :class:`NonFiniteLossError` on a NaN/inf loss.
+    """
+    info = init_distributed(recipe.train.device)
+    try:
+        return _Run(recipe, info, resume).run()
+    finally:
+        cleanup()
