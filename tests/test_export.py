@@ -13,10 +13,13 @@ import warnings
 
 import pytest
 import torch
+from _vit_helpers import single_thread  # noqa: F401 - used by pytestmark
 
 import routevit
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "num_heads": 2, "little_dim": 16, "little_heads": 1}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model() -> torch.nn.Module:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from _vit_helpers import single_thread  # noqa: F401 - used by pytestmark
 
 import routevit
 from routevit.models.vit import BigLittleViT, BigLittleViTConfig, h_b_schedule
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "num_heads": 2, "little_dim": 16, "little_heads": 1}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(name: str = "blvit_deit_b_t", **kw: object) -> BigLittleViT:
@@ -136,3 +143,16 @@ def test_forward_does_not_mutate_state() -> None:
     model(torch.randn(2, 3, 32, 32))
     for k, v in model.state_dict().items():
         assert torch.equal(before[k], v), k
+
+
+def test_routevit_imports_and_builds_without_timm() -> None:
+    """timm and safetensors are optional: block them and use the package in a fresh interpreter."""
+    code = (
+        "import sys; sys.modules['timm'] = None; sys.modules['safetensors'] = None\n"
+        "import routevit\n"
+        "m = routevit.create_model('blvit_deit_s_t', img_size=32, depth=2)\n"
+        "assert routevit.interop.timm.load_timm_weights is not None\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env, timeout=120)

@@ -190,6 +190,7 @@ class BigLittleViT(nn.Module):
     def set_keep_ratio(self, keep_ratio: float) -> None:
         """Change the share of tokens that take the P path, at run time, without retraining."""
         self.encoder.set_keep_ratio(keep_ratio)
+        self.config = replace(self.config, keep_ratio=self.encoder.keep_ratio)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not get weight decay (timm's optimizer factory reads this)."""
