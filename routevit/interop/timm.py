@@ -127,8 +127,12 @@ def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix in SAFETENSORS_SUFFIXES:
-            from safetensors.torch import load_file
-
+            try:
+                from safetensors.torch import load_file
+            except ImportError as err:
+                raise ImportError(
+                    f"reading {str(path)!r} needs the safetensors package (pip install 'routevit[timm]')"
+                ) from err
             return load_file(str(path), device="cpu")
         if suffix in TORCH_SUFFIXES:
             return torch.load(path, map_location="cpu", weights_only=True)
