@@ -35,7 +35,7 @@ def tiny_model() -> torch.nn.Module:
         pytest.param(
             "inductor",
             marks=pytest.mark.skipif(
-                not os.environ.get("ROUTEVIT_SLOW"), reason="inductor on CPU compiles ~80 s here"
+                not os.environ.get("ROUTEVIT_SLOW"), reason="inductor: 45-85 s here; ROUTEVIT_SLOW=1"
             ),
         ),
     ],
