@@ -4,15 +4,34 @@ torch's FlopCounterMode counts what actually runs, so a routed model is charged 
 tokens it routes (fvcore-style tracers that read the graph statically do not see that). Its
 table lacks the CPU flash-attention kernel that scaled_dot_product_attention calls on CPU;
 we add it with torch's own SDPA formula.
+
+Two conventions:
+
+* **paper** (``include_attention=False``, the default of :func:`count`): MACs of the Linear and
+  Conv layers only. The attention matmuls (``Q K^T`` and ``A V``) are left out, as fvcore leaves
+  out a fused attention op; this is how the paper's DeiT-B gets 16.86 GFLOPs
+  (12 layers x 12 N C^2 + patch embedding + head, N = 197, C = 768).
+* **all** (``include_attention=True``): also the attention matmuls, ``2 N_q N_k C`` per layer.
+
+The split is made by aten op: Linear layers lower to ``mm``/``addmm`` and convolutions to
+``convolution``, while attention runs as batched matmuls (``bmm``/``baddbmm``) or a fused SDPA
+kernel. :func:`analytic` gives the paper's per-layer formulas for a cross-check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .layers.encoder import Schedule
+from .layers.routing import tokens_to_keep
+
+if TYPE_CHECKING:
+    from .models.vit import BigLittleViTConfig
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -22,20 +41,39 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-def count_macs(module: nn.Module, *inputs: object, **kwargs: object) -> int:
-    """Multiply-accumulates of one ``module(*inputs, **kwargs)`` call (whole batch)."""
+def _is_attention_op(op: object) -> bool:
+    name = str(op)
+    return name in ("aten.bmm", "aten.baddbmm") or "attention" in name
+
+
+def count_macs(
+    module: nn.Module, *inputs: object, include_attention: bool = True, **kwargs: object
+) -> int:
+    """Multiply-accumulates of one ``module(*inputs, **kwargs)`` call (whole batch).
+
+    Counts the attention matmuls unless ``include_attention=False`` (the paper's convention).
+    """
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     with torch.no_grad(), counter:
         module(*inputs, **kwargs)
-    return counter.get_total_flops() // 2
+    if include_attention:
+        return counter.get_total_flops() // 2
+    per_op = counter.get_flop_counts().get("Global", {})
+    return sum(f for op, f in per_op.items() if not _is_attention_op(op)) // 2
 
 
 def count(
     model: nn.Module,
     input_size: Sequence[int] = (3, 224, 224),
     batch_size: int = 1,
+    *,
+    include_attention: bool = False,
 ) -> float:
-    """GMACs per image of ``model`` on a random ``(batch_size, *input_size)`` input."""
+    """GMACs per image of ``model`` on a random ``(batch_size, *input_size)`` input.
+
+    Paper convention by default (Linear + Conv only); ``include_attention=True`` adds the
+    attention matmuls. A model on the ``meta`` device is counted without allocating weights.
+    """
     if len(input_size) != 3:
         raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)}")
     if batch_size < 1:
@@ -47,7 +85,79 @@ def count(
     was_training = model.training
     model.eval()
     try:
-        macs = count_macs(model, x)
+        macs = count_macs(model, x, include_attention=include_attention)
     finally:
         model.train(was_training)
     return macs / batch_size / 1e9
+
+
+ANALYTIC_KINDS = ("vanilla", "big_little", "performance", "efficiency")
+
+
+def analytic(
+    kind: str,
+    N: int,  # noqa: N803 - the paper's symbols
+    C: int,  # noqa: N803
+    K: int | None = None,  # noqa: N803
+    c: int | None = None,
+    mlp_ratio: float = 4.0,
+    include_attention: bool = False,
+) -> int:
+    """The paper's MACs of one layer (per image) on ``N`` tokens of width ``C``.
+
+    * ``"vanilla"``: ``(4 + 2r) N C^2`` (``12 N C^2`` for ``r = 4``), plus ``2 N^2 C`` attention.
+    * ``"performance"`` (P-only): ``K`` of ``N`` tokens; q and proj on K, k and v on N, FFN on K:
+      ``(2N + 2K + 2rK) C^2``, plus ``2 K N C`` semi-cross attention.
+    * ``"efficiency"`` (E block, inner width ``c``): qkv ``C -> 3c``, proj ``c -> C``, FFN
+      ``C -> c -> rc -> c -> C`` on all tokens: ``6 N C c + 2r N c^2``, plus ``2 N^2 c``.
+    * ``"big_little"``: performance + efficiency.
+
+    The attention terms count only with ``include_attention`` (the paper's table leaves them out).
+    """
+    if kind not in ANALYTIC_KINDS:
+        raise ValueError(f"unknown layer kind {kind!r}; valid kinds are {ANALYTIC_KINDS}")
+    if kind == "vanilla":
+        macs = (4 + 2 * mlp_ratio) * N * C * C + (2 * N * N * C if include_attention else 0)
+        return round(macs)
+    if kind == "big_little":
+        parts = ("performance", "efficiency")
+        return sum(analytic(p, N, C, K, c, mlp_ratio, include_attention) for p in parts)
+    if kind == "performance":
+        if K is None or not 1 <= K <= N:
+            raise ValueError(f"a performance layer needs 1 <= K <= N={N} selected tokens, got K={K}")
+        macs = (2 * N + 2 * K + 2 * mlp_ratio * K) * C * C + (2 * K * N * C if include_attention else 0)
+        return round(macs)
+    if c is None or c < 1:
+        raise ValueError(f"an efficiency layer needs its inner width c >= 1, got c={c}")
+    macs = 6 * N * C * c + 2 * mlp_ratio * N * c * c + (2 * N * N * c if include_attention else 0)
+    return round(macs)
+
+
+def analytic_encoder(
+    schedule: Schedule,
+    N: int,  # noqa: N803
+    K: int,  # noqa: N803
+    C: int,  # noqa: N803
+    c: int,
+    mlp_ratio: float = 4.0,
+    include_attention: bool = False,
+) -> int:
+    """MACs per image of a :class:`~routevit.layers.encoder.BigLittleEncoder`: its layers plus
+    one ``Linear(C -> 1)`` router (``N C``) per prediction layer."""
+    names = {"full": "vanilla", "big_little": "big_little", "performance": "performance"}
+    layers = sum(
+        analytic(names[kind], N, C, K, c, mlp_ratio, include_attention) for kind in schedule.kinds
+    )
+    return layers + len(schedule.predict_after) * N * C
+
+
+def analytic_vit(config: BigLittleViTConfig, include_attention: bool = False) -> float:
+    """GMACs per image of a :class:`~routevit.models.vit.BigLittleViT` from its config: patch
+    embedding, encoder (:func:`analytic_encoder`, CLS token included in N and K) and head."""
+    n, dim = config.num_tokens, config.embed_dim
+    k = tokens_to_keep(config.keep_ratio, n)
+    embed = (n - 1) * dim * config.in_chans * config.patch_size**2
+    trunk = analytic_encoder(
+        config.schedule, n, k, dim, config.little_dim, config.mlp_ratio, include_attention
+    )
+    return (embed + trunk + dim * config.num_classes) / 1e9

@@ -98,7 +98,8 @@ class BigLittleEncoder(nn.Module):
         self.dim = dim
         self.schedule = schedule
         self.dispatcher = TopKDispatcher(keep_ratio, always_keep)
-        rates = torch.linspace(0, drop_path_rate, schedule.depth).tolist()
+        # on the CPU explicitly: under `with torch.device("meta")` a default-device tensor has no data
+        rates = torch.linspace(0, drop_path_rate, schedule.depth, device="cpu").tolist()
         blocks: list[nn.Module] = []
         for kind, dp in zip(schedule.kinds, rates, strict=True):
             if kind == "full":

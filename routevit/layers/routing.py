@@ -19,7 +19,9 @@ from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, 
 
 def tokens_to_keep(keep_ratio: float, num_tokens: int) -> int:
     """``ceil(keep_ratio * num_tokens)``, robust to float noise (0.3 * 10 is 3, not 4)."""
-    return max(1, math.ceil(round(check_keep_ratio(keep_ratio) * num_tokens, 6)))
+    # int(): under torch.onnx's TorchScript tracer a shape entry is a 0-d tensor, which has no
+    # round(); k is static per input size anyway, so it becomes a constant in the graph.
+    return max(1, math.ceil(round(check_keep_ratio(keep_ratio) * int(num_tokens), 6)))
 
 
 class Routes:

@@ -1,0 +1,422 @@
+"""Load timm / official DeiT ViT checkpoints into a :class:`~routevit.models.vit.BigLittleViT`.
+
+* :func:`load_timm_weights` fills the performance (P) path, patch embedding, CLS token,
+  position embedding (resampled when the grid differs), final norm and head from a vanilla
+  checkpoint. The layers the vanilla model lacks (E path, routers, alpha, gamma) stay fresh.
+* :func:`load_little_weights` fills what fits of the efficiency (E) path from a smaller vanilla
+  checkpoint whose width is the E path's inner width (e.g. DeiT-Ti for B+T). Only tensors that
+  act on the inner width fit: per E block ``attn.qkv.bias``, ``mlp.fc1.{weight,bias}`` and
+  ``mlp.fc2.{weight,bias}``. ``norm1``/``norm2``, ``attn.qkv.weight`` and ``attn.proj`` act on the
+  trunk's width C, and ``mlp_in``/``mlp_out`` are new dimension-matching layers: they stay fresh.
+  E block in layer ``i`` (0-based) of a ``depth``-layer model takes block
+  ``i * little_depth // depth`` of the checkpoint (the same relative depth).
+* :func:`big_little_from_timm` converts a timm ``VisionTransformer`` instance.
+
+timm itself is not imported here: checkpoints are plain state dicts, and the converter only reads
+the instance's attributes. Architectures bLViT cannot represent (distilled DeiT, LayerScale, q/k
+norm, no CLS token, register tokens, ...) are refused with a message, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers.encoder import Schedule
+from ..models.vit import BigLittleViT, BigLittleViTConfig
+
+log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
+Source = str | PathLike[str] | StateDict
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+
+# Checkpoint keys of ViT features bLViT's blocks do not implement -> what they are.
+_UNSUPPORTED = (
+    (r"^dist_token$|^head_dist\.", "a distilled DeiT (dist_token / head_dist); bLViT has one CLS "
+     "token and one head: use the non-distilled deit_*_patch16_224 checkpoint"),
+    (r"\.ls[12]\.gamma$", "LayerScale (blocks.*.ls1/ls2.gamma)"),
+    (r"\.attn\.[qk]_norm\.", "q/k normalisation (blocks.*.attn.q_norm/k_norm)"),
+    (r"\.attn\.norm\.", "a norm inside attention (blocks.*.attn.norm, timm's scale_attn_norm)"),
+    (r"\.mlp\.norm\.", "a norm inside the MLP (blocks.*.mlp.norm, timm's scale_mlp_norm)"),
+    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.", "a gated (SwiGLU) MLP"),
+    (r"^reg_token$", "register tokens (reg_token)"),
+    (r"^norm_pre\.", "a pre-trunk norm (norm_pre, CLIP-style)"),
+    (r"^fc_norm\.", "average pooling with fc_norm instead of the CLS token"),
+    (r"^patch_embed\.norm\.", "a norm in the patch embedding"),
+    (r"^attn_pool\.", "attention pooling (attn_pool)"),
+)
+
+
+@dataclass
+class LoadReport:
+    """What a load did, by parameter name.
+
+    ``loaded``: model keys filled from the checkpoint. ``fresh``: model keys that a vanilla
+    checkpoint cannot have (E path, routers, alpha, gamma) and that keep their init.
+    ``missing``: model keys the checkpoint should have filled but lacks. ``unexpected``:
+    checkpoint keys that were not used. ``notes``: adaptations made (resampling, skipped head).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)}", f"fresh {len(self.fresh)}"]
+        if self.missing:
+            parts.append(f"missing {self.missing}")
+        if self.unexpected:
+            parts.append(f"unexpected {self.unexpected}")
+        parts.extend(self.notes)
+        return "; ".join(parts)
+
+
+def read_state_dict(source: Source) -> dict[str, torch.Tensor]:
+    """A checkpoint file (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``, or
+    ``.safetensors``) or a mapping, as a plain ``{name: tensor}`` dict on the CPU.
+
+    Accepts a plain state dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``;
+    a ``module.`` prefix (DistributedDataParallel) is removed.
+    """
+    if isinstance(source, Mapping):
+        obj: Any = source
+    elif isinstance(source, (str, PathLike)):
+        obj = _read_file(Path(source))
+    else:
+        raise TypeError(
+            f"expected a checkpoint path or a state dict mapping, got {type(source).__name__}"
+        )
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"expected a non-empty {{name: tensor}} state dict, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"expected a {{name: tensor}} state dict; these entries are not tensors: {bad[:5]}")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in SAFETENSORS_SUFFIXES:
+            try:
+                from safetensors.torch import load_file
+            except ImportError as err:
+                raise ImportError(
+                    f"reading {str(path)!r} needs the safetensors package (pip install 'routevit[timm]')"
+                ) from err
+            return load_file(str(path), device="cpu")
+        if suffix in TORCH_SUFFIXES:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (ImportError, FileNotFoundError):
+        raise
+    except Exception as err:  # a truncated/corrupt file or a pickle with non-tensor objects
+        raise ValueError(f"could not read checkpoint {str(path)!r} ({suffix}): {err}") from err
+    raise ValueError(
+        f"unsupported checkpoint suffix {suffix!r} of {str(path)!r}; expected one of "
+        f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}"
+    )
+
+
+def check_supported(state: StateDict) -> None:
+    """Raise ValueError when the checkpoint uses a ViT feature bLViT does not implement."""
+    for pattern, what in _UNSUPPORTED:
+        hits = sorted(k for k in state if re.search(pattern, k))
+        if hits:
+            raise ValueError(f"unsupported checkpoint: it has {what}; keys such as {hits[:3]}")
+    if "pos_embed" in state and "cls_token" not in state:
+        raise ValueError(
+            "unsupported checkpoint: it has pos_embed but no cls_token (a model pooled without a "
+            "CLS token); bLViT classifies from the CLS token, which is always routed"
+        )
+    if "pos_embed" in state:
+        n = state["pos_embed"].shape[-2]
+        if not _is_square(n - 1) and _is_square(n):
+            raise ValueError(
+                f"unsupported checkpoint: pos_embed has {n} positions, a square grid without the "
+                "CLS position (timm's no_embed_class); bLViT adds a position to the CLS token"
+            )
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, grid: int, num_prefix_tokens: int = 1, antialias: bool = True
+) -> torch.Tensor:
+    """Resize a learned position embedding ``(1, P + g0*g0, C) -> (1, P + grid*grid, C)``.
+
+    The ``P`` prefix (CLS) positions are kept; the grid part is resized bicubically in float32
+    (with antialiasing, which matters only when shrinking), as timm does for a new image size.
+    """
+    if pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
+        raise ValueError(f"pos_embed must have shape (1, L, C), got {tuple(pos_embed.shape)}")
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = math.isqrt(patches.shape[1])
+    if old * old != patches.shape[1]:
+        raise ValueError(
+            f"pos_embed has {patches.shape[1]} grid positions after {num_prefix_tokens} prefix "
+            "token(s); expected a square grid"
+        )
+    if old == grid:
+        return pos_embed
+    dim = pos_embed.shape[2]
+    image = patches.float().reshape(1, old, old, dim).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False, antialias=antialias)
+    patches = image.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def _timm_name(name: str, kinds: tuple[str, ...]) -> str | None:
+    """The vanilla-ViT key of one of our parameter names; None for layers only bLViT has."""
+    m = re.match(r"encoder\.blocks\.(\d+)\.(.*)$", name)
+    if m is None:
+        return None if name.startswith("encoder.") else name  # encoder.routers.*
+    i, rest = int(m.group(1)), m.group(2)
+    if kinds[i] == "big_little":
+        if not rest.startswith("performance."):
+            return None  # efficiency.*, fuse_*
+        rest = rest[len("performance."):]
+    if rest.startswith("alpha_"):
+        return None
+    return f"blocks.{i}.{rest}"
+
+
+def _check_model(model: object) -> BigLittleViT:
+    if not isinstance(model, BigLittleViT):
+        raise TypeError(f"model must be a routevit BigLittleViT, got {type(model).__name__}")
+    return model
+
+
+def _finish(report: LoadReport, what: str, strict: bool) -> LoadReport:
+    if report.ok:
+        log.info("%s: %s", what, report.summary())
+        return report
+    message = f"{what}: {report.summary()}"
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)
+    log.warning(message)
+    return report
+
+
+def load_timm_weights(model: BigLittleViT, source: Source, *, strict: bool = False) -> LoadReport:
+    """Fill the P path, patch embedding, tokens, norm and head from a vanilla ViT/DeiT checkpoint.
+
+    ``source``: a checkpoint file or a state dict. A shape mismatch raises ValueError naming the
+    key and both shapes, except ``pos_embed`` (resampled to the model's grid) and a head for a
+    different number of classes (left fresh, like timm's ``num_classes`` override). Missing and
+    unexpected keys are listed in the returned :class:`LoadReport` and warned about, or raise
+    with ``strict=True``.
+    """
+    model = _check_model(model)
+    state = read_state_dict(source)
+    check_supported(state)
+    report = LoadReport()
+    kinds = model.config.schedule.kinds
+    own = model.state_dict()
+    updates: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for name, target in own.items():
+        key = _timm_name(name, kinds)
+        if key is None:
+            report.fresh.append(name)
+            continue
+        if key not in state:
+            report.missing.append(name)
+            continue
+        used.add(key)
+        tensor = state[key]
+        if name == "pos_embed" and tensor.shape != target.shape and tensor.shape[-1] == target.shape[-1]:
+            tensor = resample_pos_embed(tensor, model.config.grid_size)
+            report.notes.append(
+                f"pos_embed resampled from {tuple(state[key].shape)} to {tuple(tensor.shape)}"
+            )
+        elif name.startswith("head.") and _other_class_count(tensor, target):
+            report.fresh.append(name)
+            report.notes.append(
+                f"{name} left fresh: the checkpoint has {tensor.shape[0]} classes, the model "
+                f"{target.shape[0]}"
+            )
+            continue
+        if tensor.shape != target.shape:
+            raise ValueError(
+                f"shape mismatch for {key!r} (model parameter {name!r}): checkpoint "
+                f"{tuple(tensor.shape)}, model {tuple(target.shape)}"
+            )
+        updates[name] = tensor
+        report.loaded.append(name)
+    report.unexpected = sorted(set(state) - used)
+    _copy_into(model, updates)
+    return _finish(report, "load_timm_weights", strict)
+
+
+def _other_class_count(tensor: torch.Tensor, target: torch.Tensor) -> bool:
+    """True for a head tensor that differs from the model's only in the number of classes."""
+    return tensor.shape != target.shape and tensor.shape[1:] == target.shape[1:]
+
+
+def _copy_into(model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in updates.items():
+            own[name].copy_(tensor)
+
+
+def load_little_weights(model: BigLittleViT, source: Source, *, strict: bool = False) -> LoadReport:
+    """Fill the E path's inner-width tensors from a vanilla checkpoint of width ``little_dim``.
+
+    See the module docstring for which tensors fit. Checkpoint keys outside the blocks are not
+    applicable and are not reported; block tensors that do not fit are not reported either.
+    ``missing`` lists the fitting E tensors the checkpoint lacks.
+    """
+    model = _check_model(model)
+    state = read_state_dict(source)
+    check_supported({k: v for k, v in state.items() if k.startswith("blocks.")})
+    cfg = model.config
+    little_depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if little_depth == 0:
+        raise ValueError("the little checkpoint has no blocks.<i>.* keys; expected a vanilla ViT")
+    width = state.get("blocks.0.mlp.fc1.weight")
+    if width is not None and width.shape[1] != cfg.little_dim:
+        raise ValueError(
+            f"the little checkpoint has width {width.shape[1]} but the model's E path has "
+            f"little_dim {cfg.little_dim}"
+        )
+    fitting = ("attn.qkv.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
+    report = LoadReport()
+    own = model.state_dict()
+    updates: dict[str, torch.Tensor] = {}
+    for i, kind in enumerate(cfg.schedule.kinds):
+        if kind != "big_little":
+            continue
+        j = i * little_depth // cfg.depth
+        for rest in fitting:
+            name, key = f"encoder.blocks.{i}.efficiency.{rest}", f"blocks.{j}.{rest}"
+            if name not in own:
+                continue  # e.g. qkv_bias=False
+            if key not in state:
+                report.missing.append(name)
+                continue
+            if state[key].shape != own[name].shape:
+                raise ValueError(
+                    f"shape mismatch for {key!r} (model parameter {name!r}): checkpoint "
+                    f"{tuple(state[key].shape)}, model {tuple(own[name].shape)}"
+                )
+            updates[name] = state[key]
+            report.loaded.append(name)
+    loaded = set(report.loaded)
+    report.fresh = [n for n in own if ".efficiency." in n and n not in loaded]
+    _copy_into(model, updates)
+    return _finish(report, "load_little_weights", strict)
+
+
+def _check_timm_vit(vit: nn.Module) -> None:
+    """Refuse timm VisionTransformer variants whose computation bLViT's blocks do not reproduce."""
+    name = type(vit).__name__
+    for attr in ("patch_embed", "blocks", "norm", "head"):
+        if not hasattr(vit, attr):
+            raise TypeError(f"expected a timm VisionTransformer, got {name} without .{attr}")
+    problems = []
+    if getattr(vit, "cls_token", None) is None:
+        problems.append("no CLS token (class_token=False)")
+    if getattr(vit, "global_pool", "token") != "token":
+        problems.append(f"global_pool={vit.global_pool!r} (bLViT pools the CLS token)")
+    if getattr(vit, "dist_token", None) is not None:
+        problems.append("a distillation token (distilled DeiT)")
+    if getattr(vit, "no_embed_class", False):
+        problems.append("no_embed_class=True")
+    if getattr(vit, "dynamic_img_size", False):
+        problems.append("dynamic_img_size=True")
+    if getattr(vit, "pos_embed", None) is None:
+        problems.append("no learned pos_embed")
+    for i, block in enumerate(vit.blocks):
+        if type(block).__name__ != "Block" or type(getattr(block, "attn", None)).__name__ != "Attention":
+            problems.append(f"blocks[{i}] is {type(block).__name__}, not timm's plain Block/Attention")
+            break
+        mlp_act = getattr(block.mlp, "act", None)
+        if not isinstance(mlp_act, nn.GELU) or mlp_act.approximate != "none":
+            problems.append(f"blocks[{i}].mlp.act is {mlp_act!r}, bLViT uses exact nn.GELU()")
+            break
+    eps = sorted({m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)} - {1e-6})
+    if eps:
+        problems.append(f"LayerNorm eps {eps} (bLViT uses 1e-6)")
+    if problems:
+        raise ValueError(f"cannot convert this {name} to big.LITTLE: " + "; ".join(problems))
+    check_supported(vit.state_dict())
+
+
+def big_little_from_timm(
+    vit: nn.Module,
+    *,
+    little_dim: int,
+    little_heads: int,
+    schedule: str | Schedule = "b_t",
+    keep_ratio: float = 0.25,
+    **overrides: Any,
+) -> BigLittleViT:
+    """Build the big.LITTLE model of a timm ``VisionTransformer`` and load its weights.
+
+    The P path, embedding, norm and head take ``vit``'s weights; the E path (``little_dim``
+    channels in ``little_heads`` heads), routers, alpha and gamma are fresh. ``schedule``:
+    ``"b_t"`` / ``"h_b"`` (scaled to ``vit``'s depth) or a :class:`Schedule` of that depth.
+    ``overrides`` go to :class:`BigLittleViTConfig` (e.g. ``drop_path_rate``).
+    """
+    _check_timm_vit(vit)
+    pe = vit.patch_embed
+    img, patch = tuple(pe.img_size), tuple(pe.patch_size)
+    if img[0] != img[1] or patch[0] != patch[1]:
+        raise ValueError(f"only square images and patches are supported, got img {img}, patch {patch}")
+    attn = vit.blocks[0].attn
+    fc1 = vit.blocks[0].mlp.fc1
+    config = BigLittleViTConfig(
+        img_size=img[0],
+        patch_size=patch[0],
+        in_chans=pe.proj.in_channels,
+        num_classes=vit.num_classes,
+        embed_dim=vit.embed_dim,
+        depth=len(vit.blocks),
+        num_heads=attn.num_heads,
+        little_dim=little_dim,
+        little_heads=little_heads,
+        mlp_ratio=fc1.out_features / fc1.in_features,
+        qkv_bias=attn.qkv.bias is not None,
+        keep_ratio=keep_ratio,
+        layout=schedule,
+        **overrides,
+    )
+    model = BigLittleViT(config)
+    param = next(vit.parameters())
+    model.to(device=param.device, dtype=param.dtype)
+    load_timm_weights(model, vit.state_dict(), strict=True)
+    return model
+

@@ -1,0 +1,83 @@
+"""Deployment: torch.compile, torch.export and ONNX give the eager model's outputs.
+
+k is static for a given keep_ratio and input size, so graphs have static shapes; the
+selection itself (top-k on the router scores) stays in the graph, so a new input routes anew.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import warnings
+
+import pytest
+import torch
+from _vit_helpers import single_thread  # noqa: F401 - used by pytestmark
+
+import routevit
+
+TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "num_heads": 2, "little_dim": 16, "little_heads": 1}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = routevit.create_model("blvit_deit_b_t", depth=4, num_classes=5, keep_ratio=0.25, **TINY)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",
+        pytest.param(
+            "inductor",
+            marks=pytest.mark.skipif(
+                not os.environ.get("ROUTEVIT_SLOW"), reason="inductor: 45-85 s here; ROUTEVIT_SLOW=1"
+            ),
+        ),
+    ],
+)
+def test_torch_compile_matches_eager_without_graph_breaks(backend: str) -> None:
+    model = tiny_model()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)  # fullgraph: no graph break
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_matches_eager_with_dynamic_batch() -> None:
+    model = tiny_model()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(model, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    x = torch.randn(3, 3, 32, 32)  # another input and batch size: routing is not baked in
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_matches_eager() -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = tiny_model()
+    buffer = io.BytesIO()
+    # the torch.export-based exporter needs onnxscript; the TorchScript one works without it
+    dynamo = importlib.util.find_spec("onnxscript") is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings of the exporter
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, 32, 32),),
+            buffer,
+            dynamo=dynamo,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    (logits,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-5)
