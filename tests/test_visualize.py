@@ -11,7 +11,7 @@ from routevit.visualize import OUTLINE, draw_routes
 
 def outlined_cells(picture, num_panels: int, grid: tuple[int, int], cell: int) -> list[torch.Tensor]:
     """Read a picture back: which cells have the outline colour in their top-left corner."""
-    pixels = torch.from_numpy(np.asarray(picture.convert("RGB"))).clone()
+    pixels = torch.from_numpy(np.array(picture.convert("RGB")))
     gh, gw = grid
     header = picture.height - gh * cell
     corners = pixels[header::cell, ::cell][:gh]  # (gh, num_panels * gw, 3)
