@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_last_dim, check_same_device_dtype, check_tensor
+from ._checks import check_last_dim, check_same_device_dtype, check_tensor, has_shape
 from .relpos import decomposed_rel_pos
 from .windows import WindowGrid
 
@@ -257,7 +257,7 @@ class SemiCrossAttention(nn.Module):
         q = q.view(bw, k_len // windows, self.num_heads, self.head_dim).transpose(1, 2)
         kv = kv.view(bw, t, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rel_pos_h is not None:
-            if q_pos.shape not in {(k_len,), (b, k_len)}:
+            if not has_shape(q_pos, (k_len,), (b, k_len)):
                 raise ValueError(
                     f"q_pos must have shape (K,) or (B, K) = ({b}, {k_len}), got {tuple(q_pos.shape)}"
                 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_tensor
+from ._checks import check_tensor, has_shape
 
 
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -61,7 +61,7 @@ def decomposed_rel_pos(
         rel_h = torch.einsum("bnyxd,ykd->bnyxk", grid_q, rh).reshape(b, heads, lq, gh)
         rel_w = torch.einsum("bnyxd,xkd->bnyxk", grid_q, rw).reshape(b, heads, lq, gw)
     else:
-        if q_pos.shape not in {(lq,), (b, lq)}:
+        if not has_shape(q_pos, (lq,), (b, lq)):
             raise ValueError(
                 f"q_pos must have shape (Lq,)=({lq},) or (B, Lq)=({b}, {lq}), got {tuple(q_pos.shape)}"
             )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor
+from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor, has_shape
 
 
 def tokens_to_keep(keep_ratio: float, num_tokens: int) -> int:
@@ -222,7 +222,7 @@ class TopKDispatcher(nn.Module):
         batch, n = ranking.shape
         if not isinstance(ineligible, torch.Tensor) or ineligible.dtype != torch.bool:
             raise TypeError(f"ineligible must be a bool tensor of shape (N,) or (B, N), got {ineligible!r}")
-        if tuple(ineligible.shape) not in {(n,), (batch, n)}:
+        if not has_shape(ineligible, (n,), (batch, n)):
             raise ValueError(
                 f"ineligible must have shape (N,)=({n},) or (B, N)=({batch}, {n}), "
                 f"got {tuple(ineligible.shape)}"
