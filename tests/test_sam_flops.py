@@ -52,6 +52,9 @@ def test_blvit_sam_b_t_matches_the_formula(macs_1024):
     p_path = (10 * k + 2 * n) * c * c  # q, proj and FFN on the selected; k, v on all real tokens
     e_path = 6 * n * c * little + 8 * n * little * little  # dimension-matched attention and FFN
     formula += 11 * (p_path + e_path) + 4 * n * c  # 11 big.LITTLE layers, 4 routers
+    # Padded (window) layers also project one zero token whose output fills the padding slots:
+    # layer 1's qkv, and the P path's k, v and the E path's qkv in 7 big.LITTLE window layers.
+    formula += 3 * c * c + 7 * (2 * c * c + 3 * c * little)
     assert weight == formula
     assert weight / 1e9 == pytest.approx(210.5, rel=0.02)  # 207.4 GMACs
 

@@ -172,3 +172,15 @@ def test_dispatcher_k_override_and_unchecked_eligibility():
     for bad in (0, 7, 2.0, True):
         with pytest.raises(ValueError, match="k must be an int"):
             dispatcher(scores, k=bad)
+
+
+@pytest.mark.parametrize("hw,window", [((10, 10), 7), ((9, 12), 4), ((6, 6), 0)])
+def test_project_windows_is_partition_then_linear_with_padding_at_the_bias(hw, window):
+    grid = WindowGrid(*hw, window)
+    x, linear = torch.randn(2, hw[0] * hw[1], 6), nn.Linear(6, 5)
+    slots = grid.slot_to_token()
+    real = slots < grid.num_tokens
+    assert torch.equal(grid.token_to_slot()[slots[real]], real.nonzero()[:, 0])
+    with torch.no_grad():
+        projected = grid.project_windows(x, linear.weight, linear.bias)
+        torch.testing.assert_close(projected, linear(grid.partition(x)))

@@ -126,18 +126,8 @@ def _rel_pos_tables(module: nn.Module, rel_pos_size: tuple[int, int] | None, hea
 def _project_windows(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: WindowGrid | None
 ) -> torch.Tensor:
-    """``linear(x)`` cut into windows: ``(B, N, C) -> (B * nW, T, out)``.
-
-    The padding slots must come out as ``linear(0) = bias`` (SAM pads the normed tokens with
-    zeros before its qkv). Projecting the real tokens only and adding the bias after padding
-    gives exactly that without spending MACs on the padding.
-    """
-    if grid is None:
-        return F.linear(x, weight, bias)
-    if not grid.has_padding:
-        return grid.partition(F.linear(x, weight, bias))
-    out = grid.partition(F.linear(x, weight))
-    return out if bias is None else out + bias
+    """``linear(x)``, cut into windows if there is a grid: ``(B, N, C) -> (B * nW, T, out)``."""
+    return F.linear(x, weight, bias) if grid is None else grid.project_windows(x, weight, bias)
 
 
 class Attention(nn.Module):

@@ -52,9 +52,9 @@ def decomposed_rel_pos(
     check_tensor(q, "q", 4, "(B, H, Lq, D)")
     gh, gw = grid
     b, heads, lq, d = q.shape
-    rh = rel_pos_lookup(gh, rel_pos_h).to(q.dtype)  # (gh, gh, D)
-    rw = rel_pos_lookup(gw, rel_pos_w).to(q.dtype)
     if q_pos is None:
+        rh = rel_pos_lookup(gh, rel_pos_h).to(q.dtype)  # (gh, gh, D)
+        rw = rel_pos_lookup(gw, rel_pos_w).to(q.dtype)
         if lq != gh * gw:
             raise ValueError(f"without q_pos the queries must be the whole {gh}x{gw} grid, got Lq={lq}")
         grid_q = q.view(b, heads, gh, gw, d)
@@ -65,8 +65,20 @@ def decomposed_rel_pos(
             raise ValueError(
                 f"q_pos must have shape (Lq,)=({lq},) or (B, Lq)=({b}, {lq}), got {tuple(q_pos.shape)}"
             )
+        # Dot each query with every table row, then pick the rows of its own offsets: cheaper
+        # than gathering a (B, Lq, g, D) table per query.
         q_pos = q_pos.expand(b, lq)
-        rh_q, rw_q = rh[q_pos // gw], rw[q_pos % gw]  # (B, Lq, gh, D), (B, Lq, gw, D)
-        rel_h = torch.einsum("bnqd,bqkd->bnqk", q, rh_q)
-        rel_w = torch.einsum("bnqd,bqkd->bnqk", q, rw_q)
+        # (einsum rather than @, which would lower to the mm that MAC counts take for a linear layer)
+        table_h = resize_rel_pos(rel_pos_h, 2 * gh - 1).to(q.dtype)
+        table_w = resize_rel_pos(rel_pos_w, 2 * gw - 1).to(q.dtype)
+        rel_h = _pick_offsets(torch.einsum("bnqd,ld->bnql", q, table_h), q_pos // gw, gh)
+        rel_w = _pick_offsets(torch.einsum("bnqd,ld->bnql", q, table_w), q_pos % gw, gw)
     return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, lq, gh * gw)
+
+
+def _pick_offsets(scores: torch.Tensor, coord: torch.Tensor, size: int) -> torch.Tensor:
+    """``scores[b, n, i, coord[b, i] - k + size - 1]`` for every key coordinate ``k``:
+    ``(B, H, Lq, 2 * size - 1)``, ``coord (B, Lq)`` -> ``(B, H, Lq, size)``."""
+    b, heads, lq, _ = scores.shape
+    offsets = coord.unsqueeze(-1) - torch.arange(size, device=coord.device) + size - 1  # (B, Lq, size)
+    return scores.gather(-1, offsets.unsqueeze(1).expand(b, heads, lq, size))

@@ -108,6 +108,9 @@ class Routes:
         b, n, c = x.shape
         flat_x = x.view(b * n, c) if inplace else x.reshape(b * n, c)
         flat_rows = rows.reshape(-1, c)
+        if x.device.type == "cpu":  # CPU index_add is ~10x slower than an accumulating index_put
+            put = flat_x.index_put_ if inplace else flat_x.index_put
+            return put((self._flat,), flat_rows, accumulate=True).view(b, n, c)
         if inplace:
             return flat_x.index_add_(0, self._flat, flat_rows).view(b, n, c)
         return flat_x.index_add(0, self._flat, flat_rows).view(b, n, c)

@@ -13,6 +13,7 @@ then row-major inside each window.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,33 @@ class WindowGrid:
         index = index.masked_fill((rows >= self.height) | (cols >= self.width), self.num_tokens)
         return index.reshape(-1)
 
+    def token_to_slot(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``(num_tokens,)`` int64: the slot of each raster token (inverse of :meth:`slot_to_token`)."""
+        token = torch.arange(self.num_tokens, device=device)
+        if self.is_global:
+            return token
+        row, col, ws = token // self.width, token % self.width, self.window
+        window = (row // ws) * self.windows_hw[1] + col // ws
+        return window * self.window_tokens + self.local_position(token)
+
+    def project_windows(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``partition(x)`` then ``linear``: ``(B, N, C) -> (B * num_windows, window_tokens, out)``.
+
+        Padding slots come out as ``linear(0) = bias``, as when SAM pads the normed tokens with
+        zeros before its qkv, but only the real tokens (and one zero token) are projected and
+        the windows are laid out by a single gather instead of pad + transpose copies.
+        """
+        if not self.has_padding:
+            return self.partition(torch.nn.functional.linear(x, weight, bias))
+        check_tensor(x, "x", 3, "(B, N, C)")
+        b, n, c = x.shape
+        x = torch.cat([x, x.new_zeros(b, 1, c)], dim=1)  # slot index N reads this zero token
+        out = torch.nn.functional.linear(x, weight, bias)
+        slots = _maps(self, out.device)[0]
+        return out.index_select(1, slots).view(b * self.num_windows, self.window_tokens, -1)
+
     def local_position(self, token: torch.Tensor) -> torch.Tensor:
         """Raster token indices -> row-major position inside their own window (same shape)."""
         if self.is_global:
@@ -137,7 +165,16 @@ class WindowGrid:
             return windows
         (hp, wp), ws = self.padded_hw, self.window
         b = bw // self.num_windows
+        if self.has_padding:  # one gather of the real slots, no transpose copy then crop
+            tokens = _maps(self, windows.device)[1]
+            return windows.view(b, -1, c).index_select(1, tokens)
         grid = windows.view(b, hp // ws, wp // ws, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
         if self.has_padding:
             grid = grid[:, : self.height, : self.width]
         return grid.reshape(b, self.num_tokens, c)
+
+
+@lru_cache(maxsize=64)
+def _maps(grid: WindowGrid, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot_to_token, token_to_slot) of a grid on a device, built once (they are constants)."""
+    return grid.slot_to_token(device), grid.token_to_slot(device)
