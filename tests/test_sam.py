@@ -142,3 +142,15 @@ def test_layer_norm_2d_matches_segment_anything():
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(2, 6, 3, 4)
     torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_gradients_reach_every_path_and_the_router_through_the_score_scaling():
+    torch.manual_seed(0)
+    model = BigLittleSamEncoder(**PADDED).train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "alpha" in name:
+                p.fill_(0.5)  # at the paper's init (0) the router's gradient is exactly zero
+    model(torch.randn(2, 3, 160, 160)).square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad

@@ -74,3 +74,15 @@ def test_meta_counts_equal_real_counts():
     with torch.device("meta"):
         meta = _macs(create_model("blvit_sam_b_t", **kwargs), 160, "meta")
     assert meta == real
+
+
+def test_vit_h_and_h_b_match_the_paper_in_the_weight_layer_convention():
+    with torch.device("meta"):
+        sam = modeling.ImageEncoderViT(
+            img_size=1024, embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31),
+            window_size=14, use_rel_pos=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        )
+        blvit = create_model("blvit_sam_h_b")
+    vanilla, ours = _macs(sam, 1024, "meta")[0], _macs(blvit, 1024, "meta")[0]
+    assert vanilla / 1e9 == pytest.approx(2736.6, rel=0.01)  # 2732.3
+    assert ours / 1e9 == pytest.approx(1993.3, rel=0.03)  # 1949.5
