@@ -228,7 +228,7 @@ def build_benchmark_encoders(
     modeling = _segment_anything()
     blvit = create_model(name, **overrides)
     cfg = blvit.config
-    vanilla_name = "sam_vit_h" if cfg.embed_dim == 1280 else "sam_vit_b"
+    vanilla_name = {"blvit_sam_b_t": "sam_vit_b", "blvit_sam_h_b": "sam_vit_h"}.get(name, name)
     size_overrides = {k: v for k, v in overrides.items() if k not in {"schedule", "keep_ratio"}}
     vanilla = create_model(vanilla_name, **size_overrides)
     sam_kwargs = dict(
