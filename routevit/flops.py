@@ -161,3 +161,26 @@ def analytic_vit(config: BigLittleViTConfig, include_attention: bool = False) ->
         config.schedule, n, k, dim, config.little_dim, config.mlp_ratio, include_attention
     )
     return (embed + trunk + dim * config.num_classes) / 1e9
+
+
+# The paper's classification convention counts only the weight layers' MACs (linear and conv),
+# not the attention matmuls; the SAM numbers (Table 2: 372.0 for ViT-B) match it too.
+WEIGHT_OPS: frozenset[str] = frozenset({"addmm", "mm", "convolution"})
+
+
+def count_macs_by_op(module: nn.Module, *inputs: object, **kwargs: object) -> dict[str, int]:
+    """MACs of one ``module(*inputs)`` call per aten op name (``addmm``, ``bmm``, ...).
+
+    ``sum(v for k, v in result.items() if k in WEIGHT_OPS)`` is the weight-layers-only count;
+    the sum of all values adds the attention matmuls (and the relative-position einsums).
+    Works on meta tensors (a model built under ``torch.device("meta")``), so full-size models
+    can be counted without running them.
+    """
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    with torch.no_grad(), counter:
+        module(*inputs, **kwargs)
+    by_op: dict[str, int] = {}
+    for op, flops in counter.get_flop_counts()["Global"].items():
+        name = str(op).split(".")[1]  # aten.addmm.default -> addmm
+        by_op[name] = by_op.get(name, 0) + flops // 2
+    return by_op

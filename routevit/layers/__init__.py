@@ -17,7 +17,9 @@ from .blocks import (
     Mlp,
     PerformanceBlock,
 )
+from .relpos import decomposed_rel_pos, rel_pos_lookup, resize_rel_pos
 from .routing import Router, Routes, TopKDispatcher, tokens_to_keep
+from .windows import WindowGrid
 
 __all__ = [
     "Attention",
@@ -32,9 +34,13 @@ __all__ = [
     "Routes",
     "SemiCrossAttention",
     "TopKDispatcher",
+    "WindowGrid",
     "attention",
+    "decomposed_rel_pos",
     "get_attention_backend",
     "math_attention",
+    "rel_pos_lookup",
+    "resize_rel_pos",
     "set_attention_backend",
     "tokens_to_keep",
 ]

@@ -42,3 +42,11 @@ def check_keep_ratio(keep_ratio: float) -> float:
     if not 0.0 < float(keep_ratio) <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
     return float(keep_ratio)
+
+
+def has_shape(t: torch.Tensor, *shapes: tuple[int, ...]) -> bool:
+    """True if ``t`` has one of ``shapes``. Compares with ``==`` rather than hashing, because
+    under ``torch.jit.trace`` (ONNX export) sizes may be 0-dim tensors."""
+    return any(
+        t.dim() == len(s) and all(bool(a == b) for a, b in zip(t.shape, s, strict=True)) for s in shapes
+    )

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_last_dim, check_same_device_dtype, check_tensor
+from ._checks import check_last_dim, check_same_device_dtype, check_tensor, has_shape
+from .relpos import decomposed_rel_pos
+from .windows import WindowGrid
 
 Backend = Literal["auto", "sdpa", "xformers", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
@@ -109,13 +111,35 @@ def attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
+def _rel_pos_tables(module: nn.Module, rel_pos_size: tuple[int, int] | None, head_dim: int) -> None:
+    """Give ``module`` SAM-named ``rel_pos_h`` / ``rel_pos_w`` tables (zeros, as SAM) or None."""
+    if rel_pos_size is None:
+        module.rel_pos_h = module.rel_pos_w = None
+        return
+    h, w = rel_pos_size
+    if h < 1 or w < 1:
+        raise ValueError(f"rel_pos_size must be a positive (height, width), got {rel_pos_size}")
+    module.rel_pos_h = nn.Parameter(torch.zeros(2 * h - 1, head_dim))
+    module.rel_pos_w = nn.Parameter(torch.zeros(2 * w - 1, head_dim))
+
+
+def _project_windows(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: WindowGrid | None
+) -> torch.Tensor:
+    """``linear(x)``, cut into windows if there is a grid: ``(B, N, C) -> (B * nW, T, out)``."""
+    return F.linear(x, weight, bias) if grid is None else grid.project_windows(x, weight, bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (timm's parameter names).
 
     ``Attention(dim, heads)`` is a vanilla ViT attention. With ``inner_dim`` < dim it is the
     efficiency path's dimension-matched attention: qkv ``C -> 3c``, proj ``c -> C``.
+    ``rel_pos_size=(h, w)`` adds SAM's decomposed relative position terms for an ``h x w``
+    attention grid (tables ``rel_pos_h``, ``rel_pos_w``); ``forward`` then needs ``grid``.
 
-    Shapes: ``(B, N, dim) -> (B, N, out_dim)``; ``bias`` broadcastable to ``(B, H, N, N)``.
+    Shapes: ``(B, N, dim) -> (B, N, out_dim)``; ``bias`` broadcastable to ``(B, H, N, N)``, or
+    to ``(B * nW, H, T, T)`` when ``grid`` cuts the tokens into ``nW`` windows of ``T`` slots.
     """
 
     def __init__(
@@ -125,6 +149,7 @@ class Attention(nn.Module):
         inner_dim: int | None = None,
         out_dim: int | None = None,
         qkv_bias: bool = True,
+        rel_pos_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         inner_dim = inner_dim or dim
@@ -134,14 +159,28 @@ class Attention(nn.Module):
         self.head_dim = inner_dim // num_heads
         self.qkv = nn.Linear(dim, 3 * inner_dim, bias=qkv_bias)
         self.proj = nn.Linear(inner_dim, out_dim or dim)
+        _rel_pos_tables(self, rel_pos_size, self.head_dim)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, grid: WindowGrid | None = None
+    ) -> torch.Tensor:
+        """``grid``: the ``(B, N, C)`` tokens are an ``H x W`` raster grid attended per window
+        (or globally); needed with relative positions."""
         check_tensor(x, "x", 3, "(B, N, C)")
         check_last_dim(x, "x", self.dim)
+        if self.rel_pos_h is not None and grid is None:
+            raise ValueError("this Attention has relative positions: pass grid=WindowGrid(H, W, window)")
         b, n, _ = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = attention(qkv[0], qkv[1], qkv[2], bias)
-        return self.proj(out.transpose(1, 2).reshape(b, n, self.inner_dim))
+        qkv = _project_windows(x, self.qkv.weight, self.qkv.bias, grid)
+        bw, t, _ = qkv.shape
+        qkv = qkv.view(bw, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rel_pos_h is not None:
+            rel = decomposed_rel_pos(qkv[0], self.rel_pos_h, self.rel_pos_w, grid.window_hw)
+            bias = rel if bias is None else rel + bias
+        out = attention(qkv[0], qkv[1], qkv[2], bias).transpose(1, 2).reshape(bw, t, self.inner_dim)
+        if grid is not None:
+            out = grid.unpartition(out)  # drop the padding before proj: it is never read
+        return self.proj(out)
 
 
 class SemiCrossAttention(nn.Module):
@@ -152,18 +191,36 @@ class SemiCrossAttention(nn.Module):
 
     Shapes: ``x_q (B, K, C)``, ``x_kv (B, N, C)``, ``bias`` broadcastable to ``(B, H, K, N)``
     -> ``(B, K, C)``.
+
+    With a windowed ``grid``, each query attends to the keys of its own window: the queries
+    must be grouped by window, window-major, the same number ``K / nW`` in every window (as
+    per-window routing produces them), and ``bias`` broadcasts to ``(B * nW, H, K / nW, T)``.
+    ``q_pos`` ``(B, K)`` gives each query's raster index in the grid; the relative position
+    terms (``rel_pos_size``) follow it.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        rel_pos_size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        _rel_pos_tables(self, rel_pos_size, self.head_dim)
 
     def forward(
-        self, x_q: torch.Tensor, x_kv: torch.Tensor, bias: torch.Tensor | None = None
+        self,
+        x_q: torch.Tensor,
+        x_kv: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        grid: WindowGrid | None = None,
+        q_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         check_tensor(x_q, "x_q", 3, "(B, K, C)")
         check_tensor(x_kv, "x_kv", 3, "(B, N, C)")
@@ -174,12 +231,28 @@ class SemiCrossAttention(nn.Module):
                 f"x_q and x_kv must share the batch size, got {tuple(x_q.shape)} and {tuple(x_kv.shape)}"
             )
         check_same_device_dtype(x_kv, "x_kv", x_q=x_q)
+        if self.rel_pos_h is not None and (grid is None or q_pos is None):
+            raise ValueError(
+                "this SemiCrossAttention has relative positions: pass grid=WindowGrid(...) and "
+                "q_pos (B, K), the raster index of each query"
+            )
         b, k_len, c = x_q.shape
-        n = x_kv.shape[1]
+        windows = 1 if grid is None else grid.num_windows
+        if k_len % windows != 0:
+            raise ValueError(f"{k_len} queries cannot be split evenly over {windows} windows")
         weight, b_qkv = self.qkv.weight, self.qkv.bias
         q = F.linear(x_q, weight[:c], None if b_qkv is None else b_qkv[:c])
-        kv = F.linear(x_kv, weight[c:], None if b_qkv is None else b_qkv[c:])
-        q = q.view(b, k_len, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = kv.view(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv = _project_windows(x_kv, weight[c:], None if b_qkv is None else b_qkv[c:], grid)
+        bw, t, _ = kv.shape
+        q = q.view(bw, k_len // windows, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = kv.view(bw, t, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rel_pos_h is not None:
+            if not has_shape(q_pos, (k_len,), (b, k_len)):
+                raise ValueError(
+                    f"q_pos must have shape (K,) or (B, K) = ({b}, {k_len}), got {tuple(q_pos.shape)}"
+                )
+            local = grid.local_position(q_pos.expand(b, k_len)).reshape(bw, k_len // windows)
+            rel = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, grid.window_hw, local)
+            bias = rel if bias is None else rel + bias
         out = attention(q, kv[0], kv[1], bias)
         return self.proj(out.transpose(1, 2).reshape(b, k_len, c))

@@ -12,6 +12,7 @@ from torch import nn
 from ._checks import check_last_dim, check_tensor
 from .attention import Attention, SemiCrossAttention
 from .routing import Routes
+from .windows import WindowGrid
 
 
 class Mlp(nn.Module):
@@ -56,18 +57,19 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        rel_pos_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
         check_tensor(x, "x", 3, "(B, N, C)")
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x), grid=grid))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -86,29 +88,32 @@ class DimMatchedBlock(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        rel_pos_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.dim, self.inner_dim = dim, inner_dim
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, inner_dim=inner_dim, out_dim=dim, qkv_bias=qkv_bias)
+        self.attn = Attention(
+            dim, num_heads, inner_dim=inner_dim, out_dim=dim, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size
+        )
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp_in = nn.Linear(dim, inner_dim)
         self.mlp = Mlp(inner_dim, int(inner_dim * mlp_ratio))
         self.mlp_out = nn.Linear(inner_dim, dim)
         self.drop_path = DropPath(drop_path)
 
-    def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+    def attn_branch(self, x: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
         """The attention sub-layer's update, before the residual: ``(B, N, C) -> (B, N, C)``."""
-        return self.drop_path(self.attn(self.norm1(x)))
+        return self.drop_path(self.attn(self.norm1(x), grid=grid))
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         """The FFN sub-layer's update, before the residual: ``(B, N, C) -> (B, N, C)``."""
         return self.drop_path(self.mlp_out(self.mlp(self.mlp_in(self.norm2(x)))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
         check_tensor(x, "x", 3, "(B, N, C)")
         check_last_dim(x, "x", self.dim)
-        x = x + self.attn_branch(x)
+        x = x + self.attn_branch(x, grid)
         return x + self.mlp_branch(x)
 
 
@@ -134,21 +139,25 @@ class PerformanceBlock(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        rel_pos_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SemiCrossAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = SemiCrossAttention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.alpha_attn = nn.Parameter(torch.zeros(()))
         self.alpha_mlp = nn.Parameter(torch.zeros(()))
         self.drop_path = DropPath(drop_path)
 
-    def attn_branch(self, x: torch.Tensor, routes: Routes) -> torch.Tensor:
-        """Scaled semi-cross attention update of the selected tokens: ``(B, N, C) -> (B, K, C)``."""
+    def attn_branch(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
+        """Scaled semi-cross attention update of the selected tokens: ``(B, N, C) -> (B, K, C)``.
+
+        With a windowed ``grid`` the routes must be per-window (window-major, same k per window).
+        """
         normed = self.norm1(x)
-        update = self.attn(routes.gather(normed), normed)
+        update = self.attn(routes.gather(normed), normed, grid=grid, q_pos=routes.indices)
         return self.drop_path(_score_scale(update, self.alpha_attn, routes.selected_scores))
 
     def mlp_branch(self, selected: torch.Tensor, routes: Routes) -> torch.Tensor:
@@ -156,9 +165,9 @@ class PerformanceBlock(nn.Module):
         update = self.mlp(self.norm2(selected))
         return self.drop_path(_score_scale(update, self.alpha_mlp, routes.selected_scores))
 
-    def forward(self, x: torch.Tensor, routes: Routes) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
         check_last_dim(x, "x", self.dim)
-        x = routes.scatter_add(x, self.attn_branch(x, routes))
+        x = routes.scatter_add(x, self.attn_branch(x, routes, grid))
         return routes.scatter_add(x, self.mlp_branch(routes.gather(x), routes), inplace=True)
 
 
@@ -212,18 +221,19 @@ class BigLittleBlock(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         gamma_init: float = 1e-5,
+        rel_pos_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.performance = PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path)
+        self.performance = PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size)
         self.efficiency = DimMatchedBlock(
-            dim, little_dim, little_heads, mlp_ratio, qkv_bias, drop_path
+            dim, little_dim, little_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size
         )
         self.fuse_attn = GatedFuse(gamma_init)
         self.fuse_mlp = GatedFuse(gamma_init)
 
-    def forward(self, x: torch.Tensor, routes: Routes) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
         check_last_dim(x, "x", self.dim)
         p, e = self.performance, self.efficiency
-        x = self.fuse_attn(x, p.attn_branch(x, routes), e.attn_branch(x), routes)
+        x = self.fuse_attn(x, p.attn_branch(x, routes, grid), e.attn_branch(x, grid), routes)
         return self.fuse_mlp(x, p.mlp_branch(routes.gather(x), routes), e.mlp_branch(x), routes)

@@ -13,7 +13,7 @@ ModelFactory = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFactory] = {}
 
 # Modules under routevit.models whose import registers a model family.
-_FAMILIES: tuple[str, ...] = ("vit",)
+_FAMILIES: tuple[str, ...] = ("vit", "sam")
 
 
 def register_model(fn: ModelFactory) -> ModelFactory:
