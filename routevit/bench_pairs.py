@@ -17,39 +17,50 @@ from .bench import compare, format_table, time_pair
 from .flops import count
 from .models import create_model
 
-Builder = Callable[[], nn.Module]
-
 
 @dataclass(frozen=True)
 class BenchPair:
-    """A big.LITTLE model and the vanilla models it is timed against."""
+    """How to build a big.LITTLE model and the vanilla models it is timed against."""
 
-    candidate: str
-    baselines: dict[str, Builder]
+    build: Callable[[], tuple[nn.Module, dict[str, nn.Module]]]
     input_size: tuple[int, int, int]
 
 
-def _timm(name: str, **kwargs: object) -> Builder:
-    def build() -> nn.Module:
-        try:
-            import timm
-        except ImportError as error:
-            raise ImportError(f"the baseline {name!r} needs timm: pip install 'routevit[timm]'") from error
-        return timm.create_model(name, pretrained=False, **kwargs)
+def _timm(name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError(f"the baseline {name!r} needs timm: pip install 'routevit[timm]'") from error
+    return timm.create_model(name, pretrained=False)
+
+
+def _deit_pair(name: str, baseline: str) -> Callable[[], tuple[nn.Module, dict[str, nn.Module]]]:
+    def build() -> tuple[nn.Module, dict[str, nn.Module]]:
+        return create_model(name), {f"timm {baseline}": _timm(baseline)}
+
+    return build
+
+
+def _sam_pair(name: str) -> Callable[[], tuple[nn.Module, dict[str, nn.Module]]]:
+    def build() -> tuple[nn.Module, dict[str, nn.Module]]:
+        from .interop.sam import build_benchmark_encoders
+
+        encoders = build_benchmark_encoders(name)
+        return encoders["blvit"], {
+            "timm samvit (fused attention)": encoders["timm"],
+            "segment_anything ImageEncoderViT": encoders["segment_anything"],
+            "routevit unrouted twin": encoders["routevit_vanilla"],
+        }
 
     return build
 
 
 PAIRS: dict[str, BenchPair] = {
-    "blvit_deit_b_t": BenchPair(
-        "blvit_deit_b_t", {"timm deit_base_patch16_224": _timm("deit_base_patch16_224")}, (3, 224, 224)
-    ),
-    "blvit_deit_s_t": BenchPair(
-        "blvit_deit_s_t", {"timm deit_small_patch16_224": _timm("deit_small_patch16_224")}, (3, 224, 224)
-    ),
-    "blvit_deit_h_b": BenchPair(
-        "blvit_deit_h_b", {"timm vit_huge_patch14_224": _timm("vit_huge_patch14_224")}, (3, 224, 224)
-    ),
+    "blvit_deit_b_t": BenchPair(_deit_pair("blvit_deit_b_t", "deit_base_patch16_224"), (3, 224, 224)),
+    "blvit_deit_s_t": BenchPair(_deit_pair("blvit_deit_s_t", "deit_small_patch16_224"), (3, 224, 224)),
+    "blvit_deit_h_b": BenchPair(_deit_pair("blvit_deit_h_b", "vit_huge_patch14_224"), (3, 224, 224)),
+    "blvit_sam_b_t": BenchPair(_sam_pair("blvit_sam_b_t"), (3, 1024, 1024)),
+    "blvit_sam_h_b": BenchPair(_sam_pair("blvit_sam_h_b"), (3, 1024, 1024)),
 }
 
 
@@ -87,10 +98,11 @@ def run(
     """Benchmark a pair and return a Markdown report (MACs, speed per batch size, keep-ratio sweep)."""
     pair = get_pair(name)
     torch.manual_seed(0)
-    candidate = create_model(name).to(device).eval()
+    candidate, baselines = pair.build()
+    candidate = candidate.to(device).eval()
     if keep_ratio is not None:
         candidate.set_keep_ratio(keep_ratio)
-    baselines = {label: build().to(device).eval() for label, build in pair.baselines.items()}
+    baselines = {label: model.to(device).eval() for label, model in baselines.items()}
 
     def make_input(batch: int) -> torch.Tensor:
         return torch.randn(batch, *pair.input_size, device=device)
