@@ -7,8 +7,12 @@ outline, the other patches are dimmed. Needs Pillow (installed with torchvision)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 DIM = 0.3  # brightness kept by the patches that the P path does not receive
 OUTLINE = (255, 196, 0)
@@ -27,7 +31,7 @@ def draw_routes(
     masks: Sequence[torch.Tensor],
     titles: Sequence[str] | None = None,
     cell: int = 16,
-):
+) -> PIL.Image.Image:
     """Draw the routed patches of each prediction layer over ``image``.
 
     Args:
@@ -37,7 +41,7 @@ def draw_routes(
         cell: pixels per patch in the picture (the image is resized so a patch is ``cell`` wide).
 
     Returns:
-        a ``PIL.Image.Image`` of width ``len(masks) * gw * cell`` and height ``gh * cell + 14``.
+        A picture of width ``len(masks) * gw * cell`` and height ``gh * cell + 14``.
     """
     Image, ImageDraw = _pillow()
     if image.dim() != 3 or image.shape[0] != 3:
