@@ -207,3 +207,16 @@ def test_blocks_bad_input():
         GatedFuse()(torch.randn(2, 6, 4), torch.randn(2, 3, 4), torch.randn(2, 5, 4), routes)
     with pytest.raises(ValueError, match=r"\(B, N, C\)"):
         Block(32, 4)(torch.randn(6, 32))
+
+
+def test_big_little_block_runs_under_bf16_autocast():
+    """Training uses autocast: bf16 updates are fused into the fp32 residual stream."""
+    torch.manual_seed(0)
+    block = BigLittleBlock(32, 4, 8, 2)
+    p_only = PerformanceBlock(32, 4)
+    x = torch.randn(2, 10, 32)
+    routes = TopKDispatcher(0.3, always_keep=(0,))(Router(32)(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = p_only(block(x, routes), routes)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, p_only(block(x, routes), routes), rtol=0.05, atol=0.05)

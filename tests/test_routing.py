@@ -171,8 +171,11 @@ def test_routes_bad_input():
         routes.gather(torch.randn(1, 5, 3))
     with pytest.raises(ValueError, match=r"\(B, K, C\)"):
         routes.scatter(torch.randn(1, 4, 3), torch.randn(1, 3, 3))
-    with pytest.raises(TypeError, match="dtype"):
-        routes.scatter_add(torch.randn(1, 4, 3), torch.randn(1, 2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="floating point"):
+        routes.scatter_add(torch.randn(1, 4, 3), torch.ones(1, 2, 3, dtype=torch.long))
+    # autocast hands bf16 updates to an fp32 stream: they are added in the stream's dtype
+    out = routes.scatter_add(torch.zeros(1, 4, 3), torch.ones(1, 2, 3, dtype=torch.bfloat16))
+    assert out.dtype == torch.float32 and out.sum().item() == 6.0
     with pytest.raises(TypeError, match="int64"):
         Routes(torch.tensor([[0, 2]], dtype=torch.int32), torch.rand(1, 4))
     with pytest.raises(ValueError, match="batch size"):

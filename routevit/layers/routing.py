@@ -80,11 +80,17 @@ class Routes:
         if x.device != self.indices.device:
             raise TypeError(f"{name} is on {x.device} but the routes are on {self.indices.device}")
 
-    def _check_rows(self, rows: torch.Tensor, x: torch.Tensor) -> None:
+    def _check_rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Validate ``rows`` and return them in ``x``'s dtype: under autocast the updates come out
+        of the matmuls in bf16/fp16 while the residual stream keeps its own dtype."""
         expected = (self.batch_size, self.num_selected, x.shape[2])
         if tuple(rows.shape) != expected:
             raise ValueError(f"rows must have shape (B, K, C) = {expected}, got {tuple(rows.shape)}")
-        check_same_device_dtype(x, "x", rows=rows)
+        if rows.device != x.device:
+            raise TypeError(f"rows are on {rows.device} but x is on {x.device}")
+        if not rows.is_floating_point():
+            raise TypeError(f"rows must be floating point, got {rows.dtype}")
+        return rows.to(x.dtype)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Selected rows of ``x``: ``(B, N, C) -> (B, K, C)``."""
@@ -95,7 +101,7 @@ class Routes:
     def scatter(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """A copy of ``x`` ``(B, N, C)`` whose selected rows are replaced by ``rows`` ``(B, K, C)``."""
         self._check(x, "x")
-        self._check_rows(rows, x)
+        rows = self._check_rows(rows, x)
         b, n, c = x.shape
         return x.reshape(b * n, c).index_copy(0, self._flat, rows.reshape(-1, c)).view(b, n, c)
 
@@ -106,7 +112,7 @@ class Routes:
         (it saves one full-size copy on the hot path).
         """
         self._check(x, "x")
-        self._check_rows(rows, x)
+        rows = self._check_rows(rows, x)
         b, n, c = x.shape
         flat_x = x.view(b * n, c) if inplace else x.reshape(b * n, c)
         flat_rows = rows.reshape(-1, c)
