@@ -41,11 +41,6 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-def _is_attention_op(op: object) -> bool:
-    name = str(op)
-    return name in ("aten.bmm", "aten.baddbmm") or "attention" in name
-
-
 def count_macs(
     module: nn.Module, *inputs: object, include_attention: bool = True, **kwargs: object
 ) -> int:
@@ -53,13 +48,8 @@ def count_macs(
 
     Counts the attention matmuls unless ``include_attention=False`` (the paper's convention).
     """
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
-    with torch.no_grad(), counter:
-        module(*inputs, **kwargs)
-    if include_attention:
-        return counter.get_total_flops() // 2
-    per_op = counter.get_flop_counts().get("Global", {})
-    return sum(f for op, f in per_op.items() if not _is_attention_op(op)) // 2
+    by_op = count_macs_by_op(module, *inputs, **kwargs)
+    return sum(macs for op, macs in by_op.items() if include_attention or op in WEIGHT_OPS)
 
 
 def count(
@@ -180,7 +170,7 @@ def count_macs_by_op(module: nn.Module, *inputs: object, **kwargs: object) -> di
     with torch.no_grad(), counter:
         module(*inputs, **kwargs)
     by_op: dict[str, int] = {}
-    for op, flops in counter.get_flop_counts()["Global"].items():
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
         name = str(op).split(".")[1]  # aten.addmm.default -> addmm
         by_op[name] = by_op.get(name, 0) + flops // 2
     return by_op

@@ -10,7 +10,7 @@ Layout of ``OUTPUT/checkpoints/``::
         meta.json           epoch, step, metrics
     best.json               {"name": "step-...", "metric": ...}, replaced atomically
 
-A checkpoint is written into ``step-XXXXXXXX.tmp-PID``, every file and the directory are
+A checkpoint is written into ``step-NNNNNNNN.tmp-PID``, every file and the directory are
 fsynced, then the directory is renamed: a crash at any point leaves either the complete new
 checkpoint or none, and the previous ones untouched. Leftover ``.tmp-*`` directories are
 removed by the next save. ``state.pt`` holds only tensors and plain Python values, so it loads
@@ -78,7 +78,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     ema_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint ``step-XXXXXXXX`` under ``root`` atomically; returns its path."""
+    """Write checkpoint ``step-NNNNNNNN`` under ``root`` atomically; returns its path."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     remove_partial(root)
