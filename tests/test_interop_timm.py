@@ -46,6 +46,25 @@ def test_b_t_reproduces_deit_base_full_config(tmp_path: Path) -> None:
     _assert_matches_timm(model, vit, torch.randn(1, 3, 224, 224))
 
 
+def test_full_deit_b_checkpoint_loads_strictly_and_leaves_new_parts_fresh(tmp_path: Path) -> None:
+    """Every key of a 224 px DeiT-B file lands in the P path (strict: nothing missing or unexpected);
+    the E path, routers, alpha and gamma keep exactly their fresh initial values."""
+    vit = timm_vit("deit_base_patch16_224")
+    path = save_checkpoint(vit.state_dict(), tmp_path / "deit_b.safetensors")
+    model = routevit.create_model("blvit_deit_b_t")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_timm_weights(model, path, strict=True)
+    assert report.missing == [] and report.unexpected == []
+    assert len(report.loaded) == len(vit.state_dict())  # one model key per checkpoint key
+    after = model.state_dict()
+    new_parts = (".efficiency.", "encoder.routers.", "alpha_", "fuse_")
+    fresh = [k for k in after if any(p in k for p in new_parts)]
+    assert fresh and all(torch.equal(after[k], before[k]) for k in fresh)
+    assert sorted(report.fresh) == sorted(fresh)
+    ours = after["encoder.blocks.5.performance.attn.qkv.weight"]
+    assert torch.equal(ours, vit.state_dict()["blocks.5.attn.qkv.weight"])
+
+
 def test_s_t_reproduces_deit_small_from_deit_style_bin(tmp_path: Path) -> None:
     """Official DeiT files wrap the weights as {"model": state_dict}."""
     vit = timm_vit("deit_small_patch16_224", img_size=32)
