@@ -80,6 +80,10 @@ def build_student(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
     if cfg.keep_ratio is not None:
         kwargs["keep_ratio"] = cfg.keep_ratio
     model = create_any(cfg.name, cfg.pretrained if pretrained else None, **kwargs)
+    if cfg.token_reduction:
+        from routevit.baselines import patch
+
+        patch(model, **cfg.token_reduction)
     check_interface(model, "student")
     return model
 

@@ -32,6 +32,9 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     keep_ratio: float | None = None  # routevit models only; None keeps the model's default
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to the model factory
+    # a token-reduction peer patched onto a vanilla timm ViT (routevit.baselines), e.g.
+    # {method: evit, keep_rate: 0.7, prune_layers: [2, 4]}; empty: none
+    token_reduction: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
