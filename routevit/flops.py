@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .layers.encoder import Schedule
+from .layers.encoder import Schedule, check_selector
 from .layers.routing import tokens_to_keep
 
 if TYPE_CHECKING:
@@ -92,12 +92,14 @@ def analytic(
     c: int | None = None,
     mlp_ratio: float = 4.0,
     include_attention: bool = False,
+    semi_cross: bool = True,
 ) -> int:
     """The paper's MACs of one layer (per image) on ``N`` tokens of width ``C``.
 
     * ``"vanilla"``: ``(4 + 2r) N C^2`` (``12 N C^2`` for ``r = 4``), plus ``2 N^2 C`` attention.
     * ``"performance"`` (P-only): ``K`` of ``N`` tokens; q and proj on K, k and v on N, FFN on K:
-      ``(2N + 2K + 2rK) C^2``, plus ``2 K N C`` semi-cross attention.
+      ``(2N + 2K + 2rK) C^2``, plus ``2 K N C`` semi-cross attention. With ``semi_cross=False``
+      k and v are on the K selected tokens too: ``(4K + 2rK) C^2``, plus ``2 K^2 C``.
     * ``"efficiency"`` (E block, inner width ``c``): qkv ``C -> 3c``, proj ``c -> C``, FFN
       ``C -> c -> rc -> c -> C`` on all tokens: ``6 N C c + 2r N c^2``, plus ``2 N^2 c``.
     * ``"big_little"``: performance + efficiency.
@@ -111,12 +113,13 @@ def analytic(
         return round(macs)
     if kind == "big_little":
         parts = ("performance", "efficiency")
-        return sum(analytic(p, N, C, K, c, mlp_ratio, include_attention) for p in parts)
+        return sum(analytic(p, N, C, K, c, mlp_ratio, include_attention, semi_cross) for p in parts)
     if kind == "performance":
         if K is None or not 1 <= K <= N:
             raise ValueError(f"a performance layer needs 1 <= K <= N={N} selected tokens, got K={K}")
-        macs = (2 * N + 2 * K + 2 * mlp_ratio * K) * C * C + (2 * K * N * C if include_attention else 0)
-        return round(macs)
+        kv_tokens = N if semi_cross else K
+        macs = (2 * kv_tokens + 2 * K + 2 * mlp_ratio * K) * C * C
+        return round(macs + (2 * K * kv_tokens * C if include_attention else 0))
     if c is None or c < 1:
         raise ValueError(f"an efficiency layer needs its inner width c >= 1, got c={c}")
     macs = 6 * N * C * c + 2 * mlp_ratio * N * c * c + (2 * N * N * c if include_attention else 0)
@@ -131,14 +134,32 @@ def analytic_encoder(
     c: int,
     mlp_ratio: float = 4.0,
     include_attention: bool = False,
+    *,
+    semi_cross: bool = True,
+    selector: str = "router",
+    num_heads: int | None = None,
 ) -> int:
     """MACs per image of a :class:`~routevit.layers.encoder.BigLittleEncoder`: its layers plus
-    one ``Linear(C -> 1)`` router (``N C``) per prediction layer."""
+    one ``Linear(C -> 1)`` router (``N C``) per prediction layer.
+
+    With ``selector="cls_attention"`` each prediction layer costs instead the CLS query
+    (``C^2``, a Linear) and, as attention matmuls, its fold into the key weights (``C^2``) and
+    the logits (``N H C``, so ``num_heads`` is needed with ``include_attention``).
+    """
     names = {"full": "vanilla", "big_little": "big_little", "performance": "performance"}
     layers = sum(
-        analytic(names[kind], N, C, K, c, mlp_ratio, include_attention) for kind in schedule.kinds
+        analytic(names[kind], N, C, K, c, mlp_ratio, include_attention, semi_cross)
+        for kind in schedule.kinds
     )
-    return layers + len(schedule.predict_after) * N * C
+    if check_selector(selector) == "router":
+        per_prediction = N * C
+    else:  # cls_attention
+        per_prediction = C * C
+        if include_attention:
+            if num_heads is None:
+                raise ValueError("the cls_attention selector's attention MACs need num_heads")
+            per_prediction += C * C + N * num_heads * C
+    return layers + len(schedule.predict_after) * per_prediction
 
 
 def analytic_vit(config: BigLittleViTConfig, include_attention: bool = False) -> float:
@@ -148,7 +169,8 @@ def analytic_vit(config: BigLittleViTConfig, include_attention: bool = False) ->
     k = tokens_to_keep(config.keep_ratio, n)
     embed = (n - 1) * dim * config.in_chans * config.patch_size**2
     trunk = analytic_encoder(
-        config.schedule, n, k, dim, config.little_dim, config.mlp_ratio, include_attention
+        config.schedule, n, k, dim, config.little_dim, config.mlp_ratio, include_attention,
+        semi_cross=config.semi_cross, selector=config.selector, num_heads=config.num_heads,
     )
     return (embed + trunk + dim * config.num_classes) / 1e9
 

@@ -18,13 +18,14 @@ from .blocks import (
     PerformanceBlock,
 )
 from .relpos import decomposed_rel_pos, rel_pos_lookup, resize_rel_pos
-from .routing import Router, Routes, TopKDispatcher, tokens_to_keep
+from .routing import ClsAttentionScorer, Router, Routes, TopKDispatcher, tokens_to_keep
 from .windows import WindowGrid
 
 __all__ = [
     "Attention",
     "BigLittleBlock",
     "Block",
+    "ClsAttentionScorer",
     "DimMatchedBlock",
     "DropPath",
     "GatedFuse",

@@ -117,6 +117,11 @@ class DimMatchedBlock(nn.Module):
         return x + self.mlp_branch(x)
 
 
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def _score_scale(update: torch.Tensor, alpha: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """``(alpha * s + 1) * update``: the path that carries gradients to the router."""
     return update * (alpha * scores + 1.0).unsqueeze(-1).to(update.dtype)
@@ -127,6 +132,15 @@ class PerformanceBlock(nn.Module):
 
     Attention is semi-cross (queries: selected tokens, keys/values: all tokens); each
     sub-layer's output is scaled by ``(alpha * s_i + 1)`` with ``alpha`` initialised to 0.
+
+    Ablation switches (the paper's Table 3; the defaults are the paper's model):
+
+    * ``semi_cross=False``: the selected tokens attend only among themselves (keys and values
+      gathered too), as in token pruning. Global attention only: refused with ``rel_pos_size``
+      (SAM's windowed layers).
+    * ``score_scaling=False``: no ``alpha`` parameters (``alpha_attn``/``alpha_mlp`` are None)
+      and the updates are not scaled; for a parameter-free selector whose scores carry no
+      gradient (:class:`~routevit.layers.routing.ClsAttentionScorer`).
 
     ``forward(x, routes)`` is the P-only variant (no efficiency path): selected tokens get
     both residual updates, the others pass through unchanged. ``(B, N, C) -> (B, N, C)``.
@@ -140,30 +154,58 @@ class PerformanceBlock(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         rel_pos_size: tuple[int, int] | None = None,
+        *,
+        semi_cross: bool = True,
+        score_scaling: bool = True,
     ) -> None:
         super().__init__()
+        _check_flag(semi_cross, "semi_cross")
+        _check_flag(score_scaling, "score_scaling")
+        if not semi_cross and rel_pos_size is not None:
+            raise ValueError(
+                "semi_cross=False (selected tokens attend only among themselves) is implemented "
+                "for global attention without relative positions; SAM's windowed layers "
+                "(rel_pos_size) need semi_cross=True"
+            )
         self.dim = dim
+        self.semi_cross = semi_cross
+        self.score_scaling = score_scaling
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SemiCrossAttention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.alpha_attn = nn.Parameter(torch.zeros(()))
-        self.alpha_mlp = nn.Parameter(torch.zeros(()))
+        if score_scaling:
+            self.alpha_attn = nn.Parameter(torch.zeros(()))
+            self.alpha_mlp = nn.Parameter(torch.zeros(()))
+        else:  # no parameter that would never get a gradient
+            self.register_parameter("alpha_attn", None)
+            self.register_parameter("alpha_mlp", None)
         self.drop_path = DropPath(drop_path)
+
+    def _scale(self, update: torch.Tensor, alpha: torch.Tensor | None, routes: Routes) -> torch.Tensor:
+        """``(alpha * s + 1) * update``, or ``update`` itself when built with score_scaling=False."""
+        return update if alpha is None else _score_scale(update, alpha, routes.selected_scores)
 
     def attn_branch(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
         """Scaled semi-cross attention update of the selected tokens: ``(B, N, C) -> (B, K, C)``.
 
         With a windowed ``grid`` the routes must be per-window (window-major, same k per window).
+        With ``semi_cross=False`` keys and values come from the selected tokens only.
         """
-        normed = self.norm1(x)
-        update = self.attn(routes.gather(normed), normed, grid=grid, q_pos=routes.indices)
-        return self.drop_path(_score_scale(update, self.alpha_attn, routes.selected_scores))
+        if self.semi_cross:
+            normed = self.norm1(x)
+            update = self.attn(routes.gather(normed), normed, grid=grid, q_pos=routes.indices)
+        else:
+            if grid is not None:
+                raise ValueError("semi_cross=False supports global attention only (grid must be None)")
+            selected = self.norm1(routes.gather(x))  # LayerNorm is per token: gather first
+            update = self.attn(selected, selected)
+        return self.drop_path(self._scale(update, self.alpha_attn, routes))
 
     def mlp_branch(self, selected: torch.Tensor, routes: Routes) -> torch.Tensor:
         """Scaled FFN update of the already gathered selected tokens: ``(B, K, C) -> (B, K, C)``."""
         update = self.mlp(self.norm2(selected))
-        return self.drop_path(_score_scale(update, self.alpha_mlp, routes.selected_scores))
+        return self.drop_path(self._scale(update, self.alpha_mlp, routes))
 
     def forward(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
         check_last_dim(x, "x", self.dim)
@@ -207,6 +249,7 @@ class BigLittleBlock(nn.Module):
         num_heads: attention heads of the P path.
         little_dim: inner width of the E path.
         little_heads: attention heads of the E path.
+        semi_cross, score_scaling: the P path's ablation switches (see :class:`PerformanceBlock`).
 
     Forward: ``x (B, N, C)``, ``routes`` -> ``(B, N, C)``.
     """
@@ -222,10 +265,16 @@ class BigLittleBlock(nn.Module):
         drop_path: float = 0.0,
         gamma_init: float = 1e-5,
         rel_pos_size: tuple[int, int] | None = None,
+        *,
+        semi_cross: bool = True,
+        score_scaling: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.performance = PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size)
+        self.performance = PerformanceBlock(
+            dim, num_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size,
+            semi_cross=semi_cross, score_scaling=score_scaling,
+        )
         self.efficiency = DimMatchedBlock(
             dim, little_dim, little_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size
         )

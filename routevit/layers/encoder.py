@@ -15,9 +15,17 @@ from torch import nn
 
 from ._checks import check_last_dim, check_tensor
 from .blocks import BigLittleBlock, Block, PerformanceBlock
-from .routing import Router, Routes, TopKDispatcher
+from .routing import ClsAttentionScorer, Router, Routes, TopKDispatcher
 
 LAYER_KINDS = ("full", "big_little", "performance")
+SELECTORS = ("router", "cls_attention")
+
+
+def check_selector(selector: object) -> str:
+    """Raise a ValueError naming :data:`SELECTORS` unless ``selector`` is one of them."""
+    if not isinstance(selector, str) or selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; valid selectors are {SELECTORS}")
+    return selector
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,12 @@ class Schedule:
             kinds.append("performance" if alternate and i % 2 else "big_little")
         return cls(tuple(kinds), tuple(predict_after))
 
+    def performance_only(self) -> Schedule:
+        """The same schedule with every big.LITTLE layer made P-only (no efficiency path): the
+        "early prune" row of the paper's Table 3."""
+        kinds = tuple("performance" if k == "big_little" else k for k in self.kinds)
+        return Schedule(kinds, self.predict_after)
+
     @property
     def depth(self) -> int:
         return len(self.kinds)
@@ -78,6 +92,15 @@ class BigLittleEncoder(nn.Module):
         keep_ratio: share of tokens routed to the P path.
         always_keep: positions always routed (0 for a CLS token).
         drop_path_rate: stochastic depth, increasing linearly over the layers (as timm).
+        selector: how a prediction layer scores tokens. ``"router"`` (the paper's prediction
+            layer: a :class:`Router` per prediction layer, P outputs scaled by
+            ``(alpha * s + 1)``) or ``"cls_attention"`` (parameter-free
+            :class:`ClsAttentionScorer` with the norm1 and qkv weights of the P-block of the
+            next routed layer; no routers, and the P-blocks are built without score scaling,
+            so no gradient reaches the scores). ``"cls_attention"`` needs ``cls_index`` in
+            ``always_keep``.
+        semi_cross: False makes the P path attend only among the selected tokens.
+        cls_index: position of the CLS token, read by the ``"cls_attention"`` selector.
     """
 
     def __init__(
@@ -93,11 +116,20 @@ class BigLittleEncoder(nn.Module):
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
         gamma_init: float = 1e-5,
+        selector: str = "router",
+        semi_cross: bool = True,
+        cls_index: int = 0,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.schedule = schedule
+        self.selector = check_selector(selector)
+        if not isinstance(semi_cross, bool):
+            raise TypeError(f"semi_cross must be a bool, got {semi_cross!r}")
+        self.semi_cross = semi_cross
         self.dispatcher = TopKDispatcher(keep_ratio, always_keep)
+        score_scaling = selector == "router"  # the CLS-attention scores carry no gradient
+        p_args = {"semi_cross": semi_cross, "score_scaling": score_scaling}
         # on the CPU explicitly: under `with torch.device("meta")` a default-device tensor has no data
         rates = torch.linspace(0, drop_path_rate, schedule.depth, device="cpu").tolist()
         blocks: list[nn.Module] = []
@@ -105,15 +137,37 @@ class BigLittleEncoder(nn.Module):
             if kind == "full":
                 blocks.append(Block(dim, num_heads, mlp_ratio, qkv_bias, dp))
             elif kind == "performance":
-                blocks.append(PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, dp))
+                blocks.append(PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, dp, **p_args))
             else:
                 blocks.append(
                     BigLittleBlock(
-                        dim, num_heads, little_dim, little_heads, mlp_ratio, qkv_bias, dp, gamma_init
+                        dim, num_heads, little_dim, little_heads, mlp_ratio, qkv_bias, dp, gamma_init,
+                        **p_args,
                     )
                 )
         self.blocks = nn.ModuleList(blocks)
-        self.routers = nn.ModuleDict({str(p): Router(dim) for p in schedule.predict_after})
+        # Empty with the cls_attention selector, so the state dict has no router keys at all.
+        self.routers = nn.ModuleDict(
+            {str(p): Router(dim) for p in schedule.predict_after} if selector == "router" else {}
+        )
+        self.scorer: ClsAttentionScorer | None = None
+        self._scored_by: dict[int, int] = {}  # prediction layer -> 0-based index of the P-block
+        if selector == "cls_attention":
+            if cls_index not in self.dispatcher.always_keep:
+                raise ValueError(
+                    f"the cls_attention selector keeps the CLS token: cls_index {cls_index} must "
+                    f"be in always_keep {self.dispatcher.always_keep}"
+                )
+            self.scorer = ClsAttentionScorer(cls_index)
+            for p in schedule.predict_after:
+                routed = [i for i in range(p, schedule.depth) if schedule.kinds[i] != "full"]
+                if not routed:
+                    raise ValueError(
+                        f"the cls_attention selector scores tokens with the next routed layer's "
+                        f"attention, but no routed layer follows prediction layer {p} "
+                        f"(kinds={schedule.kinds})"
+                    )
+                self._scored_by[p] = routed[0]
 
     @property
     def keep_ratio(self) -> float:
@@ -131,11 +185,18 @@ class BigLittleEncoder(nn.Module):
         routes: Routes | None = None
         for layer, (kind, block) in enumerate(zip(self.schedule.kinds, self.blocks, strict=True), start=1):
             x = block(x) if kind == "full" else block(x, routes)
-            router = self.routers[str(layer)] if str(layer) in self.routers else None
-            if router is not None:
-                routes = self.dispatcher(router(x))
+            if layer in self.schedule.predict_after:
+                routes = self.dispatcher(self.scores(layer, x))
                 all_routes.append(routes)
         return x, all_routes
+
+    def scores(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Token scores ``(B, N)`` of the prediction layer after ``layer`` (1-based) on ``x``."""
+        if self.scorer is None:
+            return self.routers[str(layer)](x)
+        block = self.blocks[self._scored_by[layer]]
+        p_block = block.performance if isinstance(block, BigLittleBlock) else block
+        return self.scorer(x, p_block.norm1, p_block.attn.qkv, p_block.attn.num_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_routes(x)[0]

@@ -1,5 +1,6 @@
-"""Token routing: the prediction layer (Router), top-k selection (TopKDispatcher) and the
-routing plan that the big.LITTLE blocks share (Routes).
+"""Token routing: the prediction layer (Router), the parameter-free CLS-attention selector
+(ClsAttentionScorer), top-k selection (TopKDispatcher) and the routing plan that the big.LITTLE
+blocks share (Routes).
 
 A Routes object is computed once at a prediction layer and reused by every block until the
 next prediction layer. It holds flat row indices into a ``(B * N, C)`` view, so gathering and
@@ -12,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor, has_shape
@@ -142,6 +144,58 @@ class Router(nn.Module):
         check_tensor(x, "x", 3, "(B, N, C)")
         check_last_dim(x, "x", self.dim)
         return self.proj(x).squeeze(-1).softmax(dim=-1)
+
+
+class ClsAttentionScorer(nn.Module):
+    """Parameter-free Evo-ViT-style selector: how much the CLS token attends to each token.
+
+    ``s_j = mean_h softmax_j(q_h . k_{j,h} / sqrt(d))`` with ``q = W_q LN(x_cls) + b_q`` and
+    ``k_j = W_k LN(x_j) + b_k``, where ``LN`` and the fused ``qkv`` weights are borrowed from an
+    attention block (for a bLViT: the P-block of the next routed layer), ``d = C / num_heads``.
+    It owns no parameters, so it replaces the :class:`Router` of the ablation rows of the
+    paper's Table 3 that come before "+ Predictor".
+
+    Only the CLS query row is computed, and no key is materialised:
+    ``q_h . k_{j,h} = (W_{k,h}^T q_h) . LN(x_j) + q_h . b_{k,h}``; the last term is the same for
+    every ``j`` and cancels in the softmax. Per image that is ``C^2`` MACs for the CLS query
+    (a Linear), ``C^2`` to fold it into the key weights and ``N H C`` for the logits (both
+    counted as attention matmuls by :mod:`routevit.flops`), instead of ``N C^2`` for all keys.
+
+    The scores carry no gradient (computed under ``torch.no_grad``): they only rank tokens, and
+    the P-blocks of a model that uses this selector are built without score scaling.
+
+    Forward: ``x (B, N, C)``, ``norm`` (a LayerNorm over C), ``qkv`` (Linear ``C -> 3C``, q, k, v
+    stacked as timm's fused qkv), ``num_heads`` -> ``(B, N)`` scores in (0, 1) summing to 1 per
+    sample, in ``x``'s dtype.
+    """
+
+    def __init__(self, cls_index: int = 0) -> None:
+        super().__init__()
+        if isinstance(cls_index, bool) or not isinstance(cls_index, int) or cls_index < 0:
+            raise ValueError(f"cls_index must be a non-negative int, got {cls_index!r}")
+        self.cls_index = cls_index
+
+    def forward(self, x: torch.Tensor, norm: nn.Module, qkv: nn.Linear, num_heads: int) -> torch.Tensor:
+        check_tensor(x, "x", 3, "(B, N, C)")
+        b, n, c = x.shape
+        if not isinstance(qkv, nn.Linear) or qkv.in_features != c or qkv.out_features != 3 * c:
+            raise ValueError(f"qkv must be a Linear({c} -> {3 * c}) fused q/k/v projection, got {qkv!r}")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or c % num_heads:
+            raise ValueError(f"num_heads must be a positive int dividing C={c}, got {num_heads!r}")
+        if self.cls_index >= n:
+            raise ValueError(f"cls_index {self.cls_index} must be < N={n}")
+        head_dim = c // num_heads
+        with torch.no_grad():
+            cls = norm(x[:, self.cls_index])  # (B, C): LayerNorm is per token
+            bias = None if qkv.bias is None else qkv.bias[:c]
+            q = F.linear(cls, qkv.weight[:c], bias).view(b, num_heads, head_dim)
+            w_k = qkv.weight[c : 2 * c].view(num_heads, head_dim, c)
+            folded = torch.einsum("bhd,hdc->bhc", q, w_k)  # (B, H, C): W_{k,h}^T q_h
+            logits = torch.einsum("bnc,bhc->bhn", norm(x), folded) * head_dim**-0.5
+            return logits.float().softmax(dim=-1).mean(dim=1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"cls_index={self.cls_index}"
 
 
 class TopKDispatcher(nn.Module):

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from ..layers._checks import check_keep_ratio, check_tensor
-from ..layers.encoder import BigLittleEncoder, Schedule
+from ..layers.encoder import BigLittleEncoder, Schedule, check_selector
 from ..layers.routing import Routes
 from .registry import register_model
 
-LAYOUTS = ("b_t", "h_b")
+# "<layout>_p_only": the same layout with every big.LITTLE layer P-only (no E path), the
+# "early prune" row of the paper's Table 3.
+LAYOUTS = ("b_t", "h_b", "b_t_p_only", "h_b_p_only")
 
 
 def b_t_schedule(depth: int = 12) -> Schedule:
@@ -47,12 +49,15 @@ def h_b_schedule(depth: int = 32) -> Schedule:
 
 
 def schedule_for(layout: str | Schedule, depth: int) -> Schedule:
-    """The named layout (``"b_t"`` or ``"h_b"``) at ``depth`` layers, or ``layout`` itself when
-    it is a :class:`Schedule` of that depth."""
+    """The named layout (one of :data:`LAYOUTS`) at ``depth`` layers, or ``layout`` itself when
+    it is a :class:`Schedule` of that depth. ``"b_t_p_only"`` / ``"h_b_p_only"`` are B+T / H+B
+    with every big.LITTLE layer P-only (:meth:`Schedule.performance_only`)."""
     if isinstance(layout, Schedule):
         if layout.depth != depth:
             raise ValueError(f"the schedule has {layout.depth} layers but depth is {depth}")
         return layout
+    if layout in ("b_t_p_only", "h_b_p_only"):
+        return schedule_for(layout.removesuffix("_p_only"), depth).performance_only()
     if layout == "b_t":
         return b_t_schedule(depth)
     if layout == "h_b":
@@ -67,6 +72,12 @@ class BigLittleViTConfig:
     ``embed_dim``/``num_heads`` are the performance (vanilla) path, ``little_dim``/``little_heads``
     the efficiency path's inner width. ``layout`` names the schedule (``"b_t"`` or ``"h_b"``),
     built for ``depth`` layers, or is a :class:`Schedule` of ``depth`` layers.
+
+    Ablation switches (the paper's Table 3; :func:`routevit.baselines.ablation.table3_config`
+    sets them per row): ``selector`` is ``"router"`` (the paper's prediction layers) or
+    ``"cls_attention"`` (parameter-free, Evo-ViT-style: the CLS token's attention in the next
+    routed layer's P-block ranks the tokens; no routers, no score scaling); ``semi_cross=False``
+    makes the P path attend only among the selected tokens.
     """
 
     img_size: int = 224
@@ -84,6 +95,8 @@ class BigLittleViTConfig:
     keep_ratio: float = 0.25
     drop_path_rate: float = 0.0
     gamma_init: float = 1e-5
+    selector: str = "router"
+    semi_cross: bool = True
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
@@ -107,6 +120,9 @@ class BigLittleViTConfig:
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         check_keep_ratio(self.keep_ratio)
+        check_selector(self.selector)
+        if not isinstance(self.semi_cross, bool):
+            raise ValueError(f"semi_cross must be a bool, got {self.semi_cross!r}")
         schedule_for(self.layout, self.depth)  # validates layout and depth together
 
     @property
@@ -165,6 +181,9 @@ class BigLittleViT(nn.Module):
             qkv_bias=cfg.qkv_bias,
             drop_path_rate=cfg.drop_path_rate,
             gamma_init=cfg.gamma_init,
+            selector=cfg.selector,
+            semi_cross=cfg.semi_cross,
+            cls_index=0,
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
