@@ -17,6 +17,16 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _positive_or_zero_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return values
+
+
 def _ratios(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
@@ -65,6 +75,31 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_command(args.checkpoint, args.data, args.batch_size, args.ema, args.workers, args.device)
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    import logging
+    import shlex
+
+    from .reproduce import Budget, reproduce
+    from .reproduce.report import markdown, plot, write_section
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    budget = Budget(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+                    seeds=tuple(args.seeds),
+                    batch_size=args.batch_size, holdout_per_class=args.holdout_per_class,
+                    num_workers=args.workers, max_train_per_class=args.max_train_per_class,
+                    max_val_per_class=args.max_val_per_class, bench_batch=args.bench_batch,
+                    bench_repeats=args.bench_repeats, sweep=tuple(args.sweep))  # fmt: skip
+    results = reproduce(args.data, args.out, budget, only=args.only)
+    command = "routevit " + " ".join(shlex.quote(a) for a in args.command_line)
+    section = markdown(results, command)
+    print(section)
+    if args.plot:
+        plot(results, args.plot)
+    if args.docs:
+        write_section(args.docs, section)
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routevit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,11 +142,37 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, help="data loader workers (default: the recipe's)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.set_defaults(func=_eval)
+
+    rep = sub.add_parser("reproduce", help="the paper's Table 1 and Table 3 in miniature (CIFAR-10)",
+                         description="Train, evaluate and time every row of the CIFAR-10 miniature of "
+                         "the paper's tables; a rerun continues where a killed one stopped.")  # fmt: skip
+    rep.add_argument("target", choices=("cifar10",))
+    rep.add_argument("--data", required=True, help="CIFAR-10 ImageFolder root (class folders of images)")
+    rep.add_argument("--out", default="runs/cifar10_mini", help="run folders and results.json")
+    rep.add_argument("--docs", help="Markdown file whose reproduction section is (re)written")
+    rep.add_argument("--plot", help="PNG of accuracy against measured images/s")
+    rep.add_argument("--teacher-epochs", type=int, default=6)
+    rep.add_argument("--student-epochs", type=int, default=2)
+    rep.add_argument("--seeds", type=_positive_or_zero_ints, default=[0, 1],
+                     help="seeds of the headline rows")
+    rep.add_argument("--batch-size", type=int, default=256)
+    rep.add_argument("--holdout-per-class", type=int, default=500,
+                     help="validation: the N lexicographically last files of each class")
+    rep.add_argument("--workers", type=int, default=1, help="data loader workers per run")
+    rep.add_argument("--max-train-per-class", type=int, help="train on a subset (smoke runs)")
+    rep.add_argument("--max-val-per-class", type=int, help="evaluate on a subset (smoke runs)")
+    rep.add_argument("--bench-batch", type=int, default=256)
+    rep.add_argument("--bench-repeats", type=int, default=7)
+    rep.add_argument("--sweep", type=_ratios, default=[0.1, 0.2, 0.25, 0.5, 0.75, 1.0])
+    rep.add_argument("--only", nargs="*", default=[], help="row keys to run (the teacher always runs)")
+    rep.set_defaults(func=_reproduce)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser().parse_args(command_line)
+    args.command_line = command_line
     return args.func(args)
 
 

@@ -397,3 +397,21 @@ def test_refuses_attention_masks() -> None:
     model = patch_evit(tiny_vit(depth=2), 0.5, (1,))
     with pytest.raises(ValueError, match="attention mask"):
         model.blocks[0](torch.randn(1, 65, DIM), attn_mask=torch.zeros(65, 65))
+
+
+def test_patch_picks_a_peer_by_name() -> None:
+    from routevit.baselines import patch, patch_evit
+
+    x = torch.randn(2, 3, 32, 32)
+    a = patch(_vit_for_patch(), "evit", keep_rate=0.5, prune_layers=[2])
+    b = patch_evit(_vit_for_patch(), keep_rate=0.5, prune_layers=[2])
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    with pytest.raises(ValueError, match="valid methods are"):
+        patch(_vit_for_patch(), "dynamicvit")
+
+
+def _vit_for_patch() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=48, depth=3,
+                             num_heads=3, num_classes=10).eval()  # fmt: skip

@@ -1,0 +1,150 @@
+"""Markdown tables and the accuracy/speed plot of a CIFAR-10 reproduction (``results.json``)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..train.checkpoint import atomic_write_text
+
+BEGIN = "<!-- cifar10-reproduction:begin -->"
+END = "<!-- cifar10-reproduction:end -->"
+
+
+def _spread(values: Sequence[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def grouped(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per row key (first-seen order) with the per-seed values collected."""
+    by_key: dict[str, dict[str, Any]] = {}
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_key.setdefault(row["key"], row)
+        for metric in ("top1", "gmacs", "images_per_s", "speedup_vs_teacher"):
+            values[row["key"]][metric].append(row[metric])
+    return [{**row, "values": dict(values[key])} for key, row in by_key.items()]
+
+
+def _table(entries: Sequence[dict[str, Any]], teacher_gmacs: float) -> list[str]:
+    lines = [
+        "| model | seeds | top-1 (%) | GMACs | MACs vs teacher | images/s | speed vs teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        v = e["values"]
+        lines.append(
+            f"| {e['label']} | {len(v['top1'])} | {_spread(v['top1'], '.2f')} | {v['gmacs'][0]:.4f} | "
+            f"{v['gmacs'][0] / teacher_gmacs:.0%} | {_spread(v['images_per_s'], '.0f')} | "
+            f"{_spread(v['speedup_vs_teacher'], '.2f')}x |"
+        )
+    return lines
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    """The reproduction's section of docs/results.md."""
+    entries = grouped(results["rows"])
+    teacher = next(e for e in entries if e["key"] == "teacher")
+    t_gmacs = teacher["values"]["gmacs"][0]
+    b = results["budget"]
+    table1 = [e for e in entries if "table1" in e["tables"]]
+    table3 = [e for e in entries if "table3" in e["tables"]]
+    table3.sort(key=lambda e: 1 if e["key"] == "blvit" else 0)  # the full model closes the ablation
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        BEGIN,
+        f"Command: `{command}`",
+        "",
+        f"Machine: {torch.get_num_threads()} CPU threads ({cpu}), torch {torch.__version__}, fp32. "
+        f"Teacher {b['teacher_epochs']} epochs; every other row {b['student_epochs']} epochs "
+        f"(the narrow ViT, trained from scratch, {b['teacher_epochs'] + b['student_epochs']}); batch "
+        f"{b['batch_size']}. top-1 on the 5,000 held-out images (500 per class), final weights. "
+        f"images/s: batch {b['bench_batch']}, forward only, each model alternated with the teacher "
+        f"in one process, median of {b['bench_repeats']} pairs; 'speed vs teacher' is the median "
+        "per-pair ratio. GMACs: routevit.flops.count (Linear + Conv MACs, the paper's convention). "
+        "± is the standard deviation over seeds.",
+        "",
+        "**Table 1 in miniature** (peers at about the bLViT-mini's MACs):",
+        "",
+        *_table(table1, t_gmacs),
+        "",
+        "**Table 3 in miniature** (each row adds one design choice; rows above '+ init from the "
+        "teacher' train from scratch for the same epochs):",
+        "",
+        *_table(table3, t_gmacs),
+        "",
+    ]
+    if results["sweep"]:
+        lines += [
+            "**Keep-ratio sweep** of the trained bLViT-mini (seed "
+            f"{b['seeds'][0]}), changed at inference only:",
+            "",
+            "| keep ratio | top-1 (%) | GMACs | images/s | speed vs teacher |",
+            "|---|---|---|---|---|",
+        ]
+        for s in results["sweep"]:
+            lines.append(
+                f"| {s['keep_ratio']:g} | {s['top1']:.2f} | {s['gmacs']:.4f} | {s['images_per_s']:.0f} | "
+                f"{s['speedup_vs_teacher']:.2f}x |"
+            )
+        lines.append("")
+    seconds = results.get("seconds", {})
+    if seconds:
+        lines += [f"Wall-clock of the command that wrote this: {seconds['total_this_call'] / 60:.1f} min "
+                  f"(training {seconds['training_this_call'] / 60:.1f} min; rows trained earlier and "
+                  "resumed are not counted twice).", ""]  # fmt: skip
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_section(doc: str | Path, section: str) -> None:
+    """Replace the reproduction's section of ``doc`` (between the markers), or append it."""
+    path = Path(doc)
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(path, text)
+
+
+def plot(results: dict[str, Any], path: str | Path) -> None:
+    """Accuracy against measured images/s for every row, and the keep-ratio sweep as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for e in grouped(results["rows"]):
+        v = e["values"]
+        x, y = statistics.mean(v["images_per_s"]), statistics.mean(v["top1"])
+        marker = "*" if e["key"] == "blvit" else ("s" if "table3" in e["tables"] else "o")
+        ax.scatter([x], [y], marker=marker, s=120 if marker == "*" else 40, zorder=3)
+        ax.annotate(e["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if results["sweep"]:
+        xs = [s["images_per_s"] for s in results["sweep"]]
+        ys = [s["top1"] for s in results["sweep"]]
+        ax.plot(xs, ys, "--", color="gray", lw=1, label="bLViT-mini keep-ratio sweep")
+        for s in results["sweep"]:
+            ax.annotate(f"{s['keep_ratio']:g}", (s["images_per_s"], s["top1"]), fontsize=6, color="gray",
+                        textcoords="offset points", xytext=(-4, -10))  # fmt: skip
+        ax.legend(loc="lower left", fontsize=7)
+    ax.set_xlabel(f"measured images/s (batch {results['budget']['bench_batch']}, this CPU)")
+    ax.set_ylabel("top-1 on the held-out split (%)")
+    ax.set_title("CIFAR-10 miniature: accuracy against measured speed")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
