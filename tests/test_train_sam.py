@@ -22,6 +22,7 @@ from routevit.train.sam_data import (
     CocoMaskDataset,
     SA1BDataset,
     SamEvalTarget,
+    collate_sam,
     decode_segmentation,
     find_sa1b,
     jitter_box,
@@ -37,6 +38,8 @@ from routevit.train.sam_task import (
     dice_loss,
     embedding_distillation_loss,
     evaluate_sam,
+    evaluate_sam_files,
+    mask_iou,
     sigmoid_focal_loss,
 )
 
@@ -98,8 +101,17 @@ def make_coco(root: Path, n: int = 2, h: int = 72, w: int = 100, seed: int = 1) 
         for m in masks:
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
                          "segmentation": _rle(m), "area": int(m.sum()), "bbox": [0, 0, 1, 1]})  # fmt: skip
-        anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                     "segmentation": [[60, 40, 80, 40, 80, 60, 60, 60]], "area": 400, "bbox": [60, 40, 20, 20]})
+        anns.append(
+            {
+                "id": len(anns) + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[60, 40, 80, 40, 80, 60, 60, 60]],
+                "area": 400,
+                "bbox": [60, 40, 20, 20],
+            }
+        )
         anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 1,
                      "segmentation": _rle(masks[0]), "area": 1, "bbox": [0, 0, 1, 1]})  # fmt: skip
     coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
@@ -109,7 +121,9 @@ def make_coco(root: Path, n: int = 2, h: int = 72, w: int = 100, seed: int = 1) 
 
 def _official_layout(state: dict) -> dict:
     """A routevit vanilla Sam state dict in the official SAM checkpoint layout."""
-    return {k.replace(".mlp.fc1.", ".mlp.lin1.").replace(".mlp.fc2.", ".mlp.lin2."): v for k, v in state.items()}
+    return {
+        k.replace(".mlp.fc1.", ".mlp.lin1.").replace(".mlp.fc2.", ".mlp.lin2."): v for k, v in state.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +190,9 @@ def test_prompts_inside_masks_box_is_the_bbox_and_deterministic(world: dict[str,
     x, y, w, h = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8))))
     assert mask_box(m).tolist() == [x, y, x + w, y + h]
     box = mask_box(m)
-    jittered = torch.stack([jitter_box(box, np.random.default_rng(s), 0.1, 20.0, (50, 60)) for s in range(50)])
+    jittered = torch.stack(
+        [jitter_box(box, np.random.default_rng(s), 0.1, 20.0, (50, 60)) for s in range(50)]
+    )
     assert (jittered - box).abs().max() <= 20.0 + 1e-4 and not torch.equal(jittered[0], box)
     assert (jittered[:, 2] > jittered[:, 0]).all() and (jittered[:, [0, 2]] <= 60).all()
 
@@ -185,7 +201,9 @@ def test_prompts_inside_masks_box_is_the_bbox_and_deterministic(world: dict[str,
     x1, t1 = ds[(0, 1)]
     x2, t2 = ds[(0, 1)]
     _, t3 = ds[(1, 1)]
-    assert torch.equal(x1, x2) and all(torch.equal(a, b) for a, b in zip(vars(t1).values(), vars(t2).values()))
+    assert torch.equal(x1, x2) and all(
+        torch.equal(a, b) for a, b in zip(vars(t1).values(), vars(t2).values(), strict=True)
+    )
     assert not torch.equal(t1.points, t3.points)
     assert x1.shape == (3, SIZE, SIZE) and t1.masks.shape == (2, SIZE, SIZE) and t1.points.shape == (2, 3, 2)
     for mask, pts in zip(t1.masks, t1.points, strict=True):
@@ -266,7 +284,9 @@ def test_one_step_trains_the_encoder_only(world: dict[str, Path], tmp_path: Path
     assert all(np.isfinite(step[k]) for k in ("loss", "loss_focal", "loss_dice", "loss_iou", "loss_fd"))
     assert step["loss"] == pytest.approx(step["loss_sup"] + 2.5 * step["loss_fd"], rel=1e-5)
     after = load_file(str(result.last_checkpoint / "model.safetensors"))
-    before = build_sam("blvit_sam_b_t", checkpoint=world["ckpt"], img_size=SIZE, **_blvit_kwargs()).state_dict()
+    before = build_sam(
+        "blvit_sam_b_t", checkpoint=world["ckpt"], img_size=SIZE, **_blvit_kwargs()
+    ).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     # (the E path and routers start from a seeded random init, so compare the loaded trunk)
     assert "image_encoder.patch_embed.proj.weight" in changed
@@ -324,8 +344,7 @@ class FakePredictor:
 
 def test_miou_against_a_hand_computation(world: dict[str, Path]) -> None:
     ds = CocoMaskDataset(world["annotations"], world["images"], SIZE, seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=__import__(
-        "routevit.train.sam_data", fromlist=["collate_sam"]).collate_sam)  # fmt: skip
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_sam)
     res = evaluate_sam(FakePredictor(), loader, torch.device("cpu"))
     masks = [ds[i][1].masks for i in range(len(ds))]
     assert res["masks"] == sum(len(m) for m in masks) == 6 and res["images"] == 2  # crowd left out
@@ -337,8 +356,9 @@ def test_miou_against_a_hand_computation(world: dict[str, Path]) -> None:
     assert res["miou_1pt"] == 0.0
     assert res["miou_3pt"] == pytest.approx(100 * np.mean(ious))
     # points are seeded: same seed, same prompts; another seed, others
-    assert torch.equal(ds[0][1].points, CocoMaskDataset(world["annotations"], world["images"], SIZE, 0)[0][1].points)
-    assert not torch.equal(ds[0][1].points, CocoMaskDataset(world["annotations"], world["images"], SIZE, 1)[0][1].points)
+    again, other = (CocoMaskDataset(world["annotations"], world["images"], SIZE, seed) for seed in (0, 1))
+    assert torch.equal(ds[0][1].points, again[0][1].points)
+    assert not torch.equal(ds[0][1].points, other[0][1].points)
 
 
 def test_mask_predictor_matches_sam_predictor(world: dict[str, Path]) -> None:
@@ -358,9 +378,16 @@ def test_mask_predictor_matches_sam_predictor(world: dict[str, Path]) -> None:
                 kw = {"box": target.boxes[j].numpy(), "multimask_output": False}
             else:
                 pts = target.points[j, : 1 if setting == "1pt" else 3].numpy()
-                kw = {"point_coords": pts, "point_labels": np.ones(len(pts)), "multimask_output": setting == "1pt"}
+                kw = {
+                    "point_coords": pts,
+                    "point_labels": np.ones(len(pts)),
+                    "multimask_output": setting == "1pt",
+                }
             masks, scores, _ = predictor.predict(**kw)
             assert np.array_equal(mine[j].numpy(), masks[scores.argmax()])
+    result = evaluate_sam_files(sam, world["annotations"], world["images"], max_images=1, device="cpu")
+    mine_box = 100 * mask_iou(ours.predict(emb, target, "box"), target.masks).mean().item()
+    assert result["masks"] == len(target.masks) and result["miou_box"] == pytest.approx(mine_box, rel=1e-5)
 
 
 def test_eval_cli_on_a_sam_checkpoint(world: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -381,7 +408,8 @@ def test_eval_cli_on_a_sam_checkpoint(world: dict[str, Path], tmp_path: Path, ca
 
 
 def test_recipe_keys(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown recipe key\(s\) \['points'\] in section 'sam'.*'num_points'"):
+    unknown = r"unknown recipe key\(s\) \['points'\] in section 'sam'.*'num_points'"
+    with pytest.raises(ValueError, match=unknown):
         recipe_from_dict({"task": "sam", "sam": {"points": 3}})
     with pytest.raises(ValueError, match=r"task must be one of \['classification', 'sam'\]"):
         recipe_from_dict({"task": "segment"})

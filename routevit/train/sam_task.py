@@ -428,6 +428,24 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n".join(rows) + f"\n\n{result['masks']} masks in {result['images']} images"
 
 
+def evaluate_sam_files(
+    sam: nn.Module, annotations: str | Path, images: str | Path, max_images: int | None = None,
+    seed: int = 0, device: str = "auto", batch_size: int = 1, num_workers: int = 0, amp: str = "none",
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`evaluate_sam` of any ``Sam`` (e.g. an official one from ``build_sam("sam_vit_b",
+    checkpoint=...)``) on COCO/LVIS-format files, with the prompts a checkpoint's evaluation uses."""
+    from .config import recipe_from_dict
+
+    recipe = recipe_from_dict({"model": {"img_size": sam.image_encoder.img_size}, "sam": {"eval_seed": seed}})
+    info = init_distributed(device)
+    try:
+        sam.to(info.device)
+        loader = sam_eval_loader(annotations, images, recipe, info, batch_size, max_images, seed, num_workers)
+        return evaluate_sam(sam, loader, info.device, amp)
+    finally:
+        cleanup()
+
+
 def evaluate_sam_checkpoint(
     checkpoint: str | Path,
     annotations: str | None = None,
