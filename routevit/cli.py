@@ -72,7 +72,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .train import eval_command
 
-    return eval_command(args.checkpoint, args.data, args.batch_size, args.ema, args.workers, args.device)
+    return eval_command(
+        args.checkpoint, args.data, args.batch_size, args.ema, args.workers, args.device,
+        args.annotations, args.images, args.max_images, args.seed, args.out,
+    )  # fmt: skip
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -134,13 +137,24 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="override a recipe value, e.g. --set optim.lr=1e-3 (repeatable)")  # fmt: skip
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="top-1/top-5, GMACs and images/s of a checkpoint on its validation data")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: top-1/top-5, GMACs and images/s (classification) or "
+        "1-point / 3-point / box mIoU (task sam)",
+    )
     ev.add_argument("checkpoint", help="checkpoint directory, or a run folder (its best checkpoint)")
-    ev.add_argument("--data", help="dataset root laid out as in the training recipe (default: the recipe's)")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--data", help="dataset root laid out as in the training recipe (default: the recipe's); "
+                    "for SAM the images folder, as --images")  # fmt: skip
+    ev.add_argument("--batch-size", type=int, help="default: 256 (classification), 1 (SAM)")
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.add_argument("--workers", type=int, help="data loader workers (default: the recipe's)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    sam = ev.add_argument_group("SAM checkpoints (task: sam)")
+    sam.add_argument("--annotations", help="COCO/LVIS instances JSON (default: sam.val_annotations)")
+    sam.add_argument("--images", help="folder of its images (default: the recipe's sam.val_images)")
+    sam.add_argument("--max-images", type=int, help="only the first N images by id")
+    sam.add_argument("--seed", type=int, help="seed of the point prompts (default: sam.eval_seed)")
+    sam.add_argument("--out", help="JSON result file (default: sam_eval_<checkpoint>.json in the run folder)")
     ev.set_defaults(func=_eval)
 
     rep = sub.add_parser("reproduce", help="the paper's Table 1 and Table 3 in miniature (CIFAR-10)",

@@ -83,7 +83,12 @@ def test_round_trip_and_replace() -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_bundled_recipes_load(path: Path) -> None:
     r = load_recipe(path)
-    if path.parent.name == "recipes":  # the paper's ImageNet recipes
+    if path.parent.name == "recipes" and r.task == "sam":  # the paper's SAM recipes (section 4.2)
+        assert (r.train.epochs, r.train.batch_size, r.optim.lr, r.distill.lambda_fd) == (10, 8, 5e-4, 2.5)
+        assert r.optim.opt == "adamw" and r.model.pretrained == r.distill.teacher_checkpoint is not None
+        pairs = {("blvit_sam_b_t", "sam_vit_b"), ("blvit_sam_h_b", "sam_vit_h")}
+        assert (r.model.name, r.distill.teacher) in pairs
+    elif path.parent.name == "recipes":  # the paper's ImageNet recipes
         assert (r.train.epochs, r.train.batch_size, r.optim.lr, r.distill.lambda_fd) == (300, 1024, 5e-4, 2.5)
         assert r.distill.teacher is not None and r.model.pretrained is not None
 

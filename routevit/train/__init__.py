@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .checkpoint import resolve_checkpoint
 from .config import Recipe, load_recipe, recipe_from_dict, replace_fields
 from .data import BadImageError
 from .engine import NonFiniteLossError, TrainResult, train
@@ -74,13 +75,41 @@ def train_command(recipe_path: str, overrides: Sequence[str], resume: bool) -> i
 
 
 def eval_command(
-    checkpoint: str, data: str | None, batch_size: int, ema: bool, num_workers: int | None, device: str
+    checkpoint: str,
+    data: str | None,
+    batch_size: int | None,
+    ema: bool,
+    num_workers: int | None,
+    device: str,
+    annotations: str | None = None,
+    images: str | None = None,
+    max_images: int | None = None,
+    seed: int | None = None,
+    out: str | None = None,
 ) -> int:
-    """``routevit eval``: prints the metrics as one JSON object."""
+    """``routevit eval``: a classification checkpoint prints its metrics as one JSON object; a
+    ``task: sam`` checkpoint prints an mIoU table (1 point, 3 points, box) and writes the JSON
+    to ``out`` (default: beside the run's checkpoints)."""
     _setup_logging()
     try:
+        ckpt = resolve_checkpoint(checkpoint)
+        if load_recipe(ckpt / "recipe.yaml").task == "sam":
+            from .sam_task import evaluate_sam_checkpoint, format_table
+
+            result = evaluate_sam_checkpoint(
+                ckpt, annotations, images or data, batch_size or 1, max_images, seed, num_workers, device,
+                ema=ema, out=out,
+            )  # fmt: skip
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(format_table(result))
+                print(f"written to {result['json']}")
+            return 0
+        if annotations or images or max_images is not None or seed is not None or out:
+            raise ValueError(
+                "--annotations, --images, --max-images, --seed and --out apply to SAM checkpoints only"
+            )
         result = evaluate_checkpoint(
-            checkpoint, data, batch_size, ema=ema, num_workers=num_workers, device=device
+            ckpt, data, batch_size or 256, ema=ema, num_workers=num_workers, device=device
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"routevit eval: error: {e}", file=sys.stderr)

@@ -1,8 +1,14 @@
 """Recipes: YAML files mapped onto frozen dataclasses, with ``--set key=value`` overrides.
 
 A recipe has one section per dataclass below (``model``, ``distill``, ``data``, ``augment``,
-``optim``, ``train``, ``run``). Defaults follow the paper and DeiT; a key the dataclasses do not
-know, or a value of the wrong type, is a ``ValueError`` that names the key and what was expected.
+``optim``, ``train``, ``run``, ``sam``) and a top-level ``task`` (``classification``, the default,
+or ``sam``). Defaults follow the paper and DeiT; a key the dataclasses do not know, or a value of
+the wrong type, is a ``ValueError`` that names the key and what was expected.
+
+``task: sam`` trains a Segment Anything model (``model.name`` a SAM encoder such as
+``blvit_sam_b_t``, ``model.pretrained`` an official SAM checkpoint) on SA-1B-style data under
+``data.root/data.train_dir``; ``augment``, ``model.num_classes`` and ``distill.feature`` do not
+apply, the ``sam`` section does (see :mod:`routevit.train.sam_task`).
 """
 
 from __future__ import annotations
@@ -128,7 +134,40 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class SamConfig:
+    """The ``sam`` task: prompts, loss weights and evaluation data (ignored for classification).
+
+    Training prompts: each sampled mask is prompted by its ground-truth box (jittered) with
+    probability ``box_prob``, else by ``n`` positive points drawn uniformly inside the mask, ``n``
+    drawn uniformly from ``num_points``. Single-point prompts use SAM's three outputs (the
+    lowest mask loss is trained); the others one output.
+    """
+
+    masks_per_image: int = 16  # sampled without replacement (all if an image has fewer)
+    box_prob: float = 0.5
+    num_points: tuple[int, ...] = (1, 3)
+    box_noise: float = 0.1  # std of each box coordinate's noise, as a share of the box side (SAM)
+    box_noise_max: float = 20.0  # noise clipped to this many pixels of the model input
+    train_decoder: bool = False  # train SAM's prompt encoder and mask decoder too (else frozen)
+    loss_resolution: Literal["low", "input"] = "low"  # low: GT downsampled to the logits' 4x grid
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    max_train_images: int | None = None  # first N (sorted) training images; None: all
+    val_annotations: str | None = None  # COCO/LVIS instances JSON for mIoU validation / eval
+    val_images: str | None = None  # folder of the images that JSON names
+    val_max_images: int | None = None  # first N images (by id) of the annotations; None: all
+    eval_seed: int = 0  # seeds the evaluation's point prompts
+
+
+TASKS = ("classification", "sam")
+
+
+@dataclass(frozen=True)
 class Recipe:
+    task: Literal["classification", "sam"] = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,6 +175,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -171,10 +211,22 @@ def _validate(r: Recipe) -> None:
             r.augment.label_smoothing,
         ),
     ]
+    checks += [
+        (r.sam.masks_per_image >= 1, "sam.masks_per_image", "an integer >= 1", r.sam.masks_per_image),
+        (0 <= r.sam.box_prob <= 1, "sam.box_prob", "a float in [0, 1]", r.sam.box_prob),
+        (
+            len(r.sam.num_points) > 0 and all(n >= 1 for n in r.sam.num_points),
+            "sam.num_points",
+            "a non-empty list of integers >= 1",
+            r.sam.num_points,
+        ),
+        (r.sam.box_noise >= 0, "sam.box_noise", ">= 0", r.sam.box_noise),
+        (r.sam.box_noise_max >= 0, "sam.box_noise_max", ">= 0", r.sam.box_noise_max),
+    ]
     for ok, key, expected, got in checks:
         if not ok:
             raise ValueError(f"recipe key {key} must be {expected}, got {got!r}")
-    if r.data.holdout_per_class > 0 and r.data.val_dir is not None:
+    if r.task == "classification" and r.data.holdout_per_class > 0 and r.data.val_dir is not None:
         raise ValueError(
             "recipe keys data.holdout_per_class and data.val_dir are exclusive: validation is either "
             f"held out of train_dir or read from val_dir (got holdout_per_class={r.data.holdout_per_class}, "
@@ -301,13 +353,19 @@ def parse_override(text: str) -> tuple[str, Any]:
 def with_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides to nested recipe mappings (checked when built)."""
     out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()}
-    sections = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    hints = typing.get_type_hints(Recipe)
+    sections = {f.name for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(hints[f.name])}
+    scalars = {f.name for f in dataclasses.fields(Recipe)} - sections
     for text in overrides:
         key, value = parse_override(text)
+        if key in scalars:  # top-level keys such as ``task=sam``
+            out[key] = value
+            continue
         section, dot, name = key.partition(".")
         if section not in sections or not dot or "." in name:
             raise ValueError(
-                f"override key {key!r} must be section.key with section one of {sorted(sections)}"
+                f"override key {key!r} must be section.key with section one of {sorted(sections)} "
+                f"(or a top-level key: {sorted(scalars)})"
             )
         if section not in out or out[section] is None:
             out[section] = {}
@@ -338,7 +396,13 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
 def recipe_diff(a: Recipe, b: Recipe) -> list[str]:
     """Dotted keys whose values differ between two recipes."""
     da, db = recipe_to_dict(a), recipe_to_dict(b)
-    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+    out = []
+    for s in da:
+        if isinstance(da[s], dict):
+            out += [f"{s}.{k}" for k in da[s] if da[s][k] != db[s][k]]
+        elif da[s] != db[s]:
+            out.append(s)
+    return out
 
 
 def replace_fields(recipe: Recipe, **sections: Mapping[str, Any]) -> Recipe:

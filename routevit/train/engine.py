@@ -126,37 +126,27 @@ class _Run:
             )
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        splits = find_splits(r)
-        if len(splits.classes) != r.model.num_classes:
-            raise ValueError(
-                f"the data has {len(splits.classes)} classes but model.num_classes is {r.model.num_classes}"
-            )
-        seed_all(derive_seed(t.seed))
-        self.student = build_student(r.model).to(info.device)
-        self.teacher = build_teacher(r)
-        if self.teacher is not None:
-            self.teacher.to(info.device)
-        feature = r.distill.feature if self.teacher is not None else None
-        self.mixup = build_mixup(r, r.model.num_classes)
-        self.loader, self.sampler = train_loader(splits.train, r, info, self.mixup is not None)
-        self.val_loader = eval_loader(splits.val, r, info, self.loader.batch_size) if splits.val else None
+        self.mixup = None
+        if r.task == "sam":
+            net, description = self._setup_sam()
+        else:
+            net, description = self._setup_classification()
         self.global_batch = t.batch_size
         self.steps_per_epoch = self.sampler.num_samples // local_batch_size(t.batch_size, info.world_size)
         self.optimizer = build_optimizer(self.student, r)
         self.scheduler = build_scheduler(self.optimizer, r, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
         self.ema = ModelEmaV3(self.student, decay=t.ema_decay) if t.ema else None
-        self.loss_fn = DistillationLoss(supervised_loss(self.mixup is not None, r.augment.label_smoothing),
-                                        r.distill.lambda_fd)  # fmt: skip
         self.epoch, self.samples_in_epoch, self.step = 0, 0, 0
         self.best: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         if resume:
             self._restore()
-        net = WithFeatures(self.student, feature)
         if info.distributed:
             net = DistributedDataParallel(
-                net, device_ids=[info.device.index] if info.device.type == "cuda" else None
+                net, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                # SAM: a batch may hold no box (or no point) prompt, leaving prompt embeddings unused
+                find_unused_parameters=r.task == "sam",
             )
         self.net = net
         self.metrics = MetricsLog(
@@ -167,12 +157,65 @@ class _Run:
         if info.is_main:
             ckpt.atomic_write_text(self.out / "recipe.yaml", _yaml(r))
             logger.info(
-                "training %s on %d images (%d classes), %d steps/epoch of %d images, %d process(es) on %s, "
-                "distillation %s", r.model.name, len(splits.train), len(splits.classes), self.steps_per_epoch,
-                t.batch_size, info.world_size, info.device,
-                f"from {r.distill.teacher} (lambda_fd {r.distill.lambda_fd}, {feature})"
-                if feature else "off",
+                "training %s on %s, %d steps/epoch of %d images, %d process(es) on %s, distillation %s",
+                r.model.name, description, self.steps_per_epoch, t.batch_size, info.world_size, info.device,
+                f"from {r.distill.teacher} (lambda_fd {r.distill.lambda_fd})" if self.teacher else "off",
             )  # fmt: skip
+
+    def _setup_classification(self) -> tuple[torch.nn.Module, str]:
+        """Student, teacher, loaders and loss of ``task: classification``; returns the module
+        the step calls (before DDP) and a description of the data."""
+        r, info = self.recipe, self.info
+        splits = find_splits(r)
+        if len(splits.classes) != r.model.num_classes:
+            raise ValueError(
+                f"the data has {len(splits.classes)} classes but model.num_classes is {r.model.num_classes}"
+            )
+        seed_all(derive_seed(r.train.seed))
+        self.student = build_student(r.model).to(info.device)
+        self.teacher = build_teacher(r)
+        if self.teacher is not None:
+            self.teacher.to(info.device)
+        self.feature = r.distill.feature if self.teacher is not None else None
+        self.mixup = build_mixup(r, r.model.num_classes)
+        self.loader, self.sampler = train_loader(splits.train, r, info, self.mixup is not None)
+        self.val_loader = eval_loader(splits.val, r, info, self.loader.batch_size) if splits.val else None
+        self.loss_fn = DistillationLoss(supervised_loss(self.mixup is not None, r.augment.label_smoothing),
+                                        r.distill.lambda_fd)  # fmt: skip
+        self.best_key = "val_top1"
+        return WithFeatures(self.student, self.feature), (
+            f"{len(splits.train)} images ({len(splits.classes)} classes)"
+        )
+
+    def _setup_sam(self) -> tuple[torch.nn.Module, str]:
+        """The same for ``task: sam`` (see :mod:`routevit.train.sam_task`)."""
+        from .sam_task import (
+            BEST_METRIC,
+            PromptedSam,
+            build_sam_student,
+            build_sam_teacher,
+            sam_eval_loader,
+            sam_loss_from_recipe,
+            sam_train_loader,
+        )
+
+        r, info = self.recipe, self.info
+        self.loader, self.sampler = sam_train_loader(r, info)
+        self.val_loader = None
+        if r.sam.val_annotations is not None:
+            if r.sam.val_images is None:
+                raise ValueError("recipe key sam.val_annotations needs sam.val_images (the images folder)")
+            self.val_loader = sam_eval_loader(
+                r.sam.val_annotations, r.sam.val_images, r, info, self.loader.batch_size, r.sam.val_max_images
+            )
+        seed_all(derive_seed(r.train.seed))
+        self.student = build_sam_student(r).to(info.device)
+        self.teacher = build_sam_teacher(r)
+        if self.teacher is not None:
+            self.teacher.to(info.device)
+        self.loss_fn = sam_loss_from_recipe(r)
+        self.best_key = BEST_METRIC
+        return PromptedSam(self.student), f"{len(self.loader.dataset)} SA-1B-style images"
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -221,36 +264,59 @@ class _Run:
         self.last_checkpoint = path
         if (
             metrics
-            and "val_top1" in metrics
-            and (self.best is None or metrics["val_top1"] > self.best["metric"])
+            and self.best_key in metrics
+            and (self.best is None or metrics[self.best_key] > self.best["metric"])
         ):
-            ckpt.write_best(self.ckpt_root, path.name, metrics["val_top1"], self.epoch)
+            ckpt.write_best(self.ckpt_root, path.name, metrics[self.best_key], self.epoch)
             self.best = ckpt.read_best(self.ckpt_root)
         ckpt.prune(self.ckpt_root, self.recipe.run.keep_last)
         self.metrics.write("checkpoint", self.step, path=str(path), epoch=self.epoch)
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _step(self, batch: Batch) -> dict[str, float] | None:
-        """One optimizer step; None when a stop was requested (nothing changed)."""
-        dev, t = self.info.device, self.recipe.train
+    def _classification_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        dev, amp = self.info.device, self.recipe.train.amp
         x = batch.images.to(dev, non_blocking=True)
         y = batch.targets.to(dev, non_blocking=True)
-        seed_all(derive_seed(t.seed, self.step, self.info.rank))
+        n = len(y)
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        with autocast(dev, t.amp):
+        with autocast(dev, amp):
             logits, feat = self.net(x)
-            t_feat = teacher_features(self.teacher, x, self.recipe.distill.feature) if self.teacher else None
+            t_feat = teacher_features(self.teacher, x, self.feature) if self.teacher else None
             loss, parts = self.loss_fn(logits, y, feat, t_feat)
+        return loss, parts, n
+
+    def _sam_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        dev, amp = self.info.device, self.recipe.train.amp
+        x = batch.images.to(dev, non_blocking=True)
+        with autocast(dev, amp):
+            emb, outputs = self.net(x, batch.targets)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_emb = self.teacher(x)
+            else:
+                t_emb = None
+            loss, parts = self.loss_fn(outputs, batch.targets, emb, t_emb)
+        return loss, parts, len(batch.targets)
+
+    def _step(self, batch: Any) -> dict[str, float] | None:
+        """One optimizer step; None when a stop was requested (nothing changed)."""
+        dev, t = self.info.device, self.recipe.train
+        seed_all(derive_seed(t.seed, self.step, self.info.rank))
+        forward_loss = self._sam_loss if self.recipe.task == "sam" else self._classification_loss
+        loss, parts, n_local = forward_loss(batch)
         # Every rank must take the same branch below, so the flags are summed over ranks first.
-        fd = parts.get("loss_fd", torch.zeros((), device=dev))
+        # The loss parts' names are the same on every rank (they depend on the recipe only).
+        names = list(parts)
         flags = torch.tensor(
-            [len(y), batch.skipped, float(self.stop_signal is not None)], dtype=torch.float32, device=dev
+            [n_local, batch.skipped, float(self.stop_signal is not None)], dtype=torch.float32, device=dev
         )
-        flags = torch.cat([torch.stack([loss.detach(), parts["loss_sup"], fd]).float(), flags])
+        flags = torch.cat([torch.stack([loss.detach(), *(parts[k] for k in names)]).float(), flags])
         flags = torch.cat([flags, (~torch.isfinite(loss.detach())).float()[None]])
-        loss_sum, sup_sum, fd_sum, n, skipped, stop, nonfinite = all_reduce_sum(flags).tolist()
+        reduced = all_reduce_sum(flags).tolist()
+        loss_sum, part_sums = reduced[0], reduced[1 : 1 + len(names)]
+        n, skipped, stop, nonfinite = reduced[1 + len(names) :]
         if stop:
             return None
         world = self.info.world_size
@@ -270,11 +336,9 @@ class _Run:
         if self.ema is not None:
             self.ema.update(self.student, step=self.step)
         lr = self.optimizer.param_groups[0]["lr"]
-        values = {"loss": loss_sum / world, "loss_sup": sup_sum / world, "lr": lr,
-                  "grad_norm": grad_norm.item(), "images": int(n), "skipped": int(skipped)}  # fmt: skip
-        if self.teacher is not None:
-            values["loss_fd"] = fd_sum / world
-        return values
+        parts_mean = {k: v / world for k, v in zip(names, part_sums, strict=True)}
+        return {"loss": loss_sum / world, **parts_mean, "lr": lr, "grad_norm": grad_norm.item(),
+                "images": int(n), "skipped": int(skipped)}  # fmt: skip
 
     def _nonfinite(self, what: str) -> None:
         last = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint was written yet)"
@@ -323,6 +387,16 @@ class _Run:
     def _validate(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.val_loader is None:
+            return out
+        if self.recipe.task == "sam":
+            from .sam_task import evaluate_sam
+
+            ema = self.ema.module if self.ema is not None else None
+            for prefix, model in (("val_", self.student), ("val_ema_", ema)):
+                if model is not None:
+                    res = evaluate_sam(model, self.val_loader, self.info.device, self.recipe.train.amp)
+                    out.update({f"{prefix}{k}": v for k, v in res.items() if k.startswith("miou")})
+            out["val_masks"] = res["masks"]
             return out
         res = evaluate_model(self.student, self.val_loader, self.info.device, self.recipe.train.amp)
         out.update(val_top1=res["top1"], val_top5=res["top5"], val_images=res["images"])
