@@ -103,6 +103,32 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .visualize import load_model, read_image, route_picture
+
+    try:
+        overrides = {}
+        for item in args.set:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            overrides[key.strip()] = yaml.safe_load(raw)
+        loaded = load_model(args.checkpoint, args.model, overrides, ema=args.ema)
+        image = read_image(args.image)
+        drawn = route_picture(
+            loaded.model, image, keep_ratio=args.keep_ratio, cell=args.cell, mean=loaded.mean, std=loaded.std
+        )
+        drawn.picture.save(args.out)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        print(f"routevit visualize: error: {e}", file=sys.stderr)
+        return 2
+    width, height = drawn.picture.size
+    print(f"{args.out}: {len(drawn.masks)} prediction layers, {width}x{height} px")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routevit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +182,26 @@ def _build_parser() -> argparse.ArgumentParser:
     sam.add_argument("--seed", type=int, help="seed of the point prompts (default: sam.eval_seed)")
     sam.add_argument("--out", help="JSON result file (default: sam_eval_<checkpoint>.json in the run folder)")
     ev.set_defaults(func=_eval)
+
+    vis = sub.add_parser(
+        "visualize",
+        help="draw which patches the P path receives at each prediction layer (PNG)",
+        description="Run a big.LITTLE model on one image and draw, per prediction layer, the patches "
+        "routed to the performance path (the paper's Figure 3). Classifiers see the image resized to "
+        "their img_size; SAM encoders see SAM's longest-side resize and padding, with the attention "
+        "windows drawn and the padding hatched. Exit status 2 on a bad checkpoint, model or image.",
+    )
+    vis.add_argument("checkpoint", help="a `routevit train` run folder or checkpoint directory, or "
+                     "a weights file (.safetensors, .pth, SAM checkpoint) with --model")  # fmt: skip
+    vis.add_argument("image", help="any image file Pillow reads")
+    vis.add_argument("--out", required=True, help="PNG file to write")
+    vis.add_argument("--model", help="routevit model of a weights file, e.g. blvit_deit_s_t, blvit_sam_b_t")
+    vis.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="model factory override for --model, e.g. --set num_classes=10")  # fmt: skip
+    vis.add_argument("--keep-ratio", type=float, help="route this share of tokens (default: the model's)")
+    vis.add_argument("--cell", type=int, help="pixels per patch in the picture (default: by grid size)")
+    vis.add_argument("--ema", action="store_true", help="draw a checkpoint's EMA weights")
+    vis.set_defaults(func=_visualize)
 
     rep = sub.add_parser("reproduce", help="the paper's Table 1 and Table 3 in miniature (CIFAR-10)",
                          description="Train, evaluate and time every row of the CIFAR-10 miniature of "

@@ -1,21 +1,39 @@
 """Pictures of which patches the performance path receives (the paper's Figure 3).
 
 One panel per prediction layer: routed patches keep their pixels and get a coloured
-outline, the other patches are dimmed. Needs Pillow (installed with torchvision).
+outline, the other patches are dimmed. SAM encoders also get their attention windows drawn
+and their padding (image padding to ``img_size`` and the window padding of the token grid)
+hatched in grey: SAM's window padding is never routed, the zero padding of a non-square image
+is made of real tokens and may be. Needs Pillow (installed with torchvision).
+
+:func:`draw_routes` draws given masks; :func:`route_picture` runs a model on an image and
+draws its routes; :func:`load_model` reads what ``routevit visualize`` is given (a ``routevit
+train`` run folder or checkpoint, or a weights file and a model name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+from .models import create_model, list_models
+from .models.sam import BigLittleSamEncoder
+from .models.vit import BigLittleViT
 
 if TYPE_CHECKING:
     import PIL.Image
 
 DIM = 0.3  # brightness kept by the patches that the P path does not receive
-OUTLINE = (255, 196, 0)
+OUTLINE = (255, 196, 0)  # routed patches
+WINDOW = (0, 150, 255)  # attention window borders (SAM)
+PADDING = (205, 205, 205)  # padding cells (SAM), hatched in PADDING_HATCH
+PADDING_HATCH = (150, 150, 150)
+HEADER = 14  # pixels above each panel for its title
 
 
 def _pillow():
@@ -31,6 +49,9 @@ def draw_routes(
     masks: Sequence[torch.Tensor],
     titles: Sequence[str] | None = None,
     cell: int = 16,
+    *,
+    window: int = 0,
+    padding: torch.Tensor | None = None,
 ) -> PIL.Image.Image:
     """Draw the routed patches of each prediction layer over ``image``.
 
@@ -39,9 +60,12 @@ def draw_routes(
         masks: one ``(gh, gw)`` bool tensor per prediction layer, True where the patch is routed.
         titles: a caption per panel (default: "routes 1", "routes 2", ...).
         cell: pixels per patch in the picture (the image is resized so a patch is ``cell`` wide).
+        window: draw attention window borders every ``window`` patches (0: none).
+        padding: ``(gh, gw)`` bool, True for padding cells (drawn hatched grey, outlined if routed).
 
     Returns:
-        A picture of width ``len(masks) * gw * cell`` and height ``gh * cell + 14``.
+        A picture of width ``len(masks) * gw * cell`` and height ``gh * cell + 14``. The
+        top-left pixel of a cell has the colour :data:`OUTLINE` exactly when it is routed.
     """
     Image, ImageDraw = _pillow()
     if image.dim() != 3 or image.shape[0] != 3:
@@ -55,20 +79,271 @@ def draw_routes(
     titles = list(titles) if titles is not None else [f"routes {i + 1}" for i in range(len(masks))]
     if len(titles) != len(masks):
         raise ValueError(f"got {len(titles)} titles for {len(masks)} masks")
+    if padding is not None:
+        if tuple(padding.shape) != grid or padding.dtype != torch.bool:
+            raise ValueError(
+                f"padding must be a bool tensor of the masks' shape {grid}, got "
+                f"{tuple(padding.shape)} {padding.dtype}"
+            )
+    if isinstance(cell, bool) or not isinstance(cell, int) or cell < 2:
+        raise ValueError(f"cell must be an int >= 2 (pixels per patch), got {cell!r}")
     if image.is_floating_point():
         image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
     gh, gw = grid
-    height, width, header = gh * cell, gw * cell, 14
+    height, width, header = gh * cell, gw * cell, HEADER
     base = torch.nn.functional.interpolate(image[None].float(), size=(height, width), mode="nearest")[0]
+    if padding is not None:
+        pad_px = padding.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+        base = torch.where(pad_px, torch.tensor(PADDING, dtype=base.dtype)[:, None, None], base)
     canvas = Image.new("RGB", (width * len(masks), height + header), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for panel, (mask, title) in enumerate(zip(masks, titles, strict=True)):
         keep = mask.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+        if padding is not None:
+            keep = keep | pad_px  # padding keeps its flat grey
         pixels = torch.where(keep, base, base * DIM).round().to(torch.uint8)
-        canvas.paste(Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()), (panel * width, header))
-        draw.text((panel * width + 2, 1), title, fill=(0, 0, 0))
+        left = panel * width
+        canvas.paste(Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()), (left, header))
+        draw.text((left + 2, 1), title, fill=(0, 0, 0))
+        if padding is not None:
+            for r, c in padding.nonzero().tolist():
+                x0, y0 = left + c * cell, header + r * cell
+                draw.line((x0 + 1, y0 + cell - 1, x0 + cell - 1, y0 + 1), fill=PADDING_HATCH)
+        if window:
+            for c in range(window, gw, window):
+                draw.line((left + c * cell, header, left + c * cell, header + height - 1), fill=WINDOW)
+            for r in range(window, gh, window):
+                draw.line((left, header + r * cell, left + width - 1, header + r * cell), fill=WINDOW)
         for r, c in mask.nonzero().tolist():
-            x0, y0 = panel * width + c * cell, header + r * cell
+            x0, y0 = left + c * cell, header + r * cell
             draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), outline=OUTLINE)
     return canvas
 
+
+
+# --- models and images ---------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # segment_anything's Sam.pixel_mean (0-255 scale)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns: the model in eval mode and the normalisation its
+    inputs had in training (``mean``/``std`` in [0, 1] units; unused for SAM encoders)."""
+
+    model: nn.Module
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    source: str = ""
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from .interop.sam import read_state_dict  # torch.load(weights_only=True), unwraps "model"
+
+    return read_state_dict(path)
+
+
+def load_model(
+    checkpoint: str | Path,
+    model: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    ema: bool = False,
+) -> LoadedModel:
+    """The model that ``routevit visualize`` draws, in eval mode on the CPU.
+
+    Args:
+        checkpoint: a ``routevit train`` run folder, its ``checkpoints/`` folder or one
+            checkpoint directory (the model is rebuilt from the saved recipe, exactly as
+            ``routevit eval`` does); or a weights file (``.safetensors``, or a ``torch.save``d
+            state dict, optionally under ``"model"``/``"state_dict"``), which needs ``model``.
+        model: a registered routevit model name for a weights file, e.g. ``"blvit_deit_s_t"``.
+            SAM encoders (``blvit_sam_b_t``, ...) also accept SAM's official checkpoints
+            (``sam_vit_b_01ec64.pth``).
+        overrides: keyword arguments for the model factory (``num_classes``, ``img_size``, ...).
+        ema: load a checkpoint's EMA weights.
+    """
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        if model is not None or overrides:
+            raise ValueError(
+                f"{str(path)!r} is a routevit run or checkpoint folder: its recipe names the model, "
+                "so --model/--set apply only to weights files"
+            )
+        from .train import load_checkpoint_model
+
+        net, recipe, ckpt = load_checkpoint_model(path, ema=ema)
+        return LoadedModel(net, tuple(recipe.augment.mean), tuple(recipe.augment.std), str(ckpt))
+    if model is None:
+        raise ValueError(
+            f"{str(path)!r} is a weights file: name its architecture with --model NAME (one of "
+            f"{list_models()}), or pass a routevit run folder, whose recipe names it"
+        )
+    if model not in list_models():
+        raise ValueError(f"unknown model {model!r}; routevit models: {list_models()}")
+    net = create_model(model, **dict(overrides or {}))
+    state = _read_weights(path)
+    if isinstance(net, BigLittleSamEncoder):
+        from .interop.sam import load_sam_encoder
+
+        load_sam_encoder(net, state)
+    else:
+        own = net.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{str(path)!r} does not hold a {model} state dict: missing {missing[:6]}, unexpected "
+                f"{unexpected[:6]} (a routevit run folder or a model.safetensors of one is expected; "
+                "for other sizes pass --set key=value, e.g. --set num_classes=10)"
+            )
+        net.load_state_dict(state)
+    return LoadedModel(net.eval(), source=str(path))
+
+
+def read_image(path: str | Path) -> PIL.Image.Image:
+    """An image file as an RGB PIL image, with a clear error for a missing or unreadable file."""
+    Image, _ = _pillow()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{str(path)!r} is not an image file Pillow can read") from None
+
+
+def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """``(3, H, W)`` uint8 of an RGB PIL image."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def classifier_input(
+    image: PIL.Image.Image, img_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image resized (bicubic, whole image, no crop) to ``img_size`` squared: returns the
+    normalised model input ``(1, 3, S, S)`` float and the shown pixels ``(3, S, S)`` uint8."""
+    Image, _ = _pillow()
+    shown = _to_tensor(image.convert("RGB").resize((img_size, img_size), Image.Resampling.BICUBIC))
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    return ((shown.float() / 255 - m) / s)[None], shown
+
+
+def sam_input(
+    image: PIL.Image.Image, img_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """SAM's preprocessing: the longest side resized to ``img_size`` (``ResizeLongestSide``),
+    normalised by SAM's pixel mean/std, zero-padded bottom/right to ``img_size`` squared.
+
+    Returns the model input ``(1, 3, S, S)``, the shown pixels ``(3, S, S)`` uint8 (padding 0)
+    and the resized image's ``(height, width)``.
+    """
+    Image, _ = _pillow()
+    w, h = image.size
+    scale = img_size / max(h, w)
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    resized = _to_tensor(image.convert("RGB").resize((new_w, new_h), Image.Resampling.BILINEAR))
+    m = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
+    s = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
+    pad = (0, img_size - new_w, 0, img_size - new_h)
+    x = torch.nn.functional.pad((resized.float() - m) / s, pad)[None]
+    shown = torch.nn.functional.pad(resized, pad)
+    return x, shown, (new_h, new_w)
+
+
+@dataclass
+class RoutePicture:
+    """What :func:`route_picture` drew: the ``picture``, the ``(gh, gw)`` bool ``masks`` of the
+    routed patches (one per prediction layer, on the drawn grid), the ``padding`` cells (SAM;
+    None for classifiers), the drawn ``window`` size (0: none), ``cell`` and the panel
+    ``titles``. For SAM the drawn grid is the window-padded token grid (70 x 70 at 1024)."""
+
+    picture: PIL.Image.Image
+    masks: list[torch.Tensor]
+    padding: torch.Tensor | None
+    window: int
+    cell: int
+    titles: list[str]
+
+
+def _default_cell(grid: int) -> int:
+    return max(6, 384 // grid)
+
+
+@torch.no_grad()
+def route_picture(
+    model: nn.Module,
+    image: PIL.Image.Image,
+    *,
+    keep_ratio: float | None = None,
+    cell: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> RoutePicture:
+    """Run ``model`` on ``image`` and draw, per prediction layer, the patches routed to its P path.
+
+    ``model``: a :class:`~routevit.models.vit.BigLittleViT` (the image is resized to its
+    ``img_size`` and normalised by ``mean``/``std``) or a
+    :class:`~routevit.models.sam.BigLittleSamEncoder` (SAM's longest-side resize and padding;
+    window borders drawn, padding hatched). ``keep_ratio`` replaces the model's own first.
+    """
+    if keep_ratio is not None and hasattr(model, "set_keep_ratio"):
+        model.set_keep_ratio(keep_ratio)
+    model.eval()
+    if isinstance(model, BigLittleSamEncoder):
+        return _sam_picture(model, image, cell)
+    if not isinstance(model, BigLittleViT):
+        raise TypeError(
+            f"{type(model).__name__} has no token routing to draw: expected a routevit big.LITTLE model "
+            "(BigLittleViT, e.g. blvit_deit_s_t, or BigLittleSamEncoder, e.g. blvit_sam_b_t)"
+        )
+    cfg = model.config
+    x, shown = classifier_input(image, cfg.img_size, mean, std)
+    _, routes = model.forward_features_with_routes(x)
+    if not routes:
+        raise ValueError(f"{type(model).__name__} has no prediction layers: nothing is routed")
+    masks = list(model.route_masks(routes)[0])
+    layers = cfg.schedule.predict_after
+    k = routes[0].num_selected
+    titles = [f"after layer {p}: {k} of {routes[0].num_tokens} tokens" for p in layers]
+    cell = cell or _default_cell(cfg.grid_size)
+    return RoutePicture(draw_routes(shown, masks, titles, cell), masks, None, 0, cell, titles)
+
+
+def _sam_picture(model: BigLittleSamEncoder, image: PIL.Image.Image, cell: int | None) -> RoutePicture:
+    cfg = model.config
+    x, shown, (h, w) = sam_input(image, model.img_size)
+    _, routes = model.forward_routes(x)
+    if not routes:
+        raise ValueError(
+            "this SAM encoder's schedule has no prediction layers (a vanilla encoder such as "
+            "sam_vit_b?): nothing is routed"
+        )
+    grid, p = model.route_grid, cfg.patch_size
+    hp, wp = grid.padded_hw
+    g = cfg.grid_size
+    masks = []
+    for r in routes:
+        m = torch.zeros(hp, wp, dtype=torch.bool)
+        m[:g, :g] = r.mask()[0].view(g, g)
+        masks.append(m)
+    padding = torch.ones(hp, wp, dtype=torch.bool)
+    padding[: -(-h // p), : -(-w // p)] = False  # patches with at least one image pixel
+    shown = torch.nn.functional.pad(shown, (0, wp * p - shown.shape[2], 0, hp * p - shown.shape[1]))
+    window = 0 if grid.is_global else grid.window
+    k = model.tokens_per_window
+    titles = [f"after layer {q}: {k} per window" for q in cfg.schedule.predict_after]
+    cell = cell or _default_cell(hp)
+    picture = draw_routes(shown, masks, titles, cell, window=window, padding=padding)
+    return RoutePicture(picture, masks, padding, window, cell, titles)

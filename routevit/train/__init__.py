@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .build import load_checkpoint_model
 from .checkpoint import resolve_checkpoint
 from .config import Recipe, load_recipe, recipe_from_dict, replace_fields
 from .data import BadImageError
@@ -27,6 +28,7 @@ __all__ = [
     "eval_command",
     "evaluate_checkpoint",
     "feature_distillation_loss",
+    "load_checkpoint_model",
     "load_recipe",
     "recipe_from_dict",
     "replace_fields",

@@ -88,6 +88,20 @@ def build_student(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
     return model
 
 
+def load_checkpoint_model(checkpoint: str | Path, ema: bool = False) -> tuple[nn.Module, Recipe, Path]:
+    """The model of a ``routevit train`` checkpoint: rebuilt from its ``recipe.yaml``, its student
+    (or EMA) weights loaded, in eval mode on the CPU.
+
+    ``checkpoint`` is a checkpoint directory, a run's output folder or its ``checkpoints/`` folder
+    (the best checkpoint if recorded, else the newest). Returns ``(model, recipe, directory)``.
+    """
+    ckpt = resolve_checkpoint(checkpoint)
+    recipe = load_recipe(ckpt / "recipe.yaml")
+    model = build_student(recipe.model, pretrained=False)
+    model.load_state_dict(load_weights(ckpt, ema=ema))
+    return model.eval(), recipe, ckpt
+
+
 def build_teacher(recipe: Recipe) -> nn.Module | None:
     """The frozen teacher in eval mode, or None when distillation is off.
 
@@ -106,8 +120,7 @@ def build_teacher(recipe: Recipe) -> nn.Module | None:
             raise ValueError(
                 f"distill.teacher is {d.teacher!r} but the checkpoint {str(ckpt_dir)!r} holds a {cfg.name!r}"
             )
-        teacher = build_student(cfg, pretrained=False)
-        teacher.load_state_dict(load_weights(ckpt_dir))
+        teacher = load_checkpoint_model(ckpt_dir)[0]
         logger.info("teacher %s from routevit checkpoint %s", d.teacher, ckpt_dir)
     else:
         kwargs = {

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import flops
-from .build import build_student
-from .checkpoint import load_weights, resolve_checkpoint
+from .build import load_checkpoint_model
+from .checkpoint import resolve_checkpoint
 from .config import load_recipe
 from .data import eval_loader, find_splits
 from .distributed import all_reduce_sum, cleanup, init_distributed
@@ -102,9 +102,7 @@ def evaluate_checkpoint(
         )
     info = init_distributed(device)
     try:
-        model = build_student(recipe.model, pretrained=False)
-        model.load_state_dict(load_weights(ckpt, ema=ema))
-        model.to(info.device)
+        model = load_checkpoint_model(ckpt, ema=ema)[0].to(info.device)
         loader = eval_loader(splits.val, recipe, info, batch_size)
         result = evaluate_model(model, loader, info.device, amp if amp is not None else "none")
         size = recipe.model.img_size
