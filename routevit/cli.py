@@ -211,8 +211,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="runs/cifar10_mini", help="run folders and results.json")
     rep.add_argument("--docs", help="Markdown file whose reproduction section is (re)written")
     rep.add_argument("--plot", help="PNG of accuracy against measured images/s")
-    rep.add_argument("--teacher-epochs", type=int, default=6)
-    rep.add_argument("--student-epochs", type=int, default=2)
+    rep.add_argument("--teacher-epochs", type=int, default=4)
+    rep.add_argument("--student-epochs", type=int, default=1)
     rep.add_argument("--seeds", type=_positive_or_zero_ints, default=[0, 1],
                      help="seeds of the headline rows")
     rep.add_argument("--batch-size", type=int, default=256)

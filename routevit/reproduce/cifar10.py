@@ -42,8 +42,8 @@ IMG = 32
 class Budget:
     """How long each kind of row trains, and how the rows are measured."""
 
-    teacher_epochs: int = 6
-    student_epochs: int = 2
+    teacher_epochs: int = 4
+    student_epochs: int = 1
     seeds: tuple[int, ...] = (0, 1)  # headline rows (teacher excluded: one teacher for all)
     batch_size: int = 256
     holdout_per_class: int = 500  # the recipes' documented validation rule
@@ -124,10 +124,15 @@ def row_recipe(row: Row, seed: int, data: str, out: Path, budget: Budget) -> Rec
     else:
         distill["teacher"] = None
     name = row.key if not row.seeded else f"{row.key}_seed{seed}"
+    optim = dict(recipe_to_dict(recipe)["optim"])
+    if not row.from_teacher:  # from scratch: the teacher's learning rate and warm-up, not fine-tuning's
+        teacher_optim = recipe_to_dict(load_recipe(RECIPES / "mini_teacher.yaml"))["optim"]
+        optim.update(lr=teacher_optim["lr"], warmup_epochs=teacher_optim["warmup_epochs"])
     return replace_fields(
         recipe,
         model=model,
         distill=distill,
+        optim=optim,
         data={"root": data, "holdout_per_class": budget.holdout_per_class, "num_workers": budget.num_workers,
               "max_train_per_class": budget.max_train_per_class,
               "max_val_per_class": budget.max_val_per_class},

@@ -161,7 +161,9 @@ class ImageSamples(Dataset):
             s = derive_seed(self.seed, epoch, index)
             random.seed(s)
             np.random.seed(s)
-            torch.manual_seed(s)
+            # the CPU generator only: torch.manual_seed also queues a lazy CUDA seeding that
+            # records a Python traceback, 1.5 ms per image on a CUDA build without a GPU
+            torch.random.default_generator.manual_seed(s)
             out = self.transform(img)
         random.setstate(py_state)
         np.random.set_state(np_state)
