@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
-    return values
+def _int_list(minimum: int, what: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers, each at least ``minimum``."""
 
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text!r}")
+        return values
 
-def _positive_or_zero_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
-    return values
+    return parse
 
 
 def _ratios(text: str) -> list[float]:
@@ -135,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="same-run speed comparison against the vanilla models")
     bench.add_argument("--model", default="blvit_deit_b_t", help="big.LITTLE model to time")
-    bench.add_argument("--batch-sizes", type=_positive_ints, default=[1, 32])
+    bench.add_argument("--batch-sizes", type=_int_list(1, "batch sizes"), default=[1, 32])
     bench.add_argument("--keep-ratio", type=float, default=None, help="default: the model's own")
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--repeats", type=int, default=7)
@@ -213,7 +208,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plot", help="PNG of accuracy against measured images/s")
     rep.add_argument("--teacher-epochs", type=int, default=4)
     rep.add_argument("--student-epochs", type=int, default=1)
-    rep.add_argument("--seeds", type=_positive_or_zero_ints, default=[0, 1],
+    rep.add_argument("--seeds", type=_int_list(0, "seeds"), default=[0, 1],
                      help="seeds of the headline rows")
     rep.add_argument("--batch-size", type=int, default=256)
     rep.add_argument("--holdout-per-class", type=int, default=500,

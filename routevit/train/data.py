@@ -17,9 +17,10 @@ import logging
 import random
 import signal
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -299,8 +300,16 @@ def train_loader(
     samples: Sequence[Sample], recipe: Recipe, dist_info: DistInfo, mixup: bool
 ) -> tuple[DataLoader, ResumableSampler]:
     """Training loader (drop_last) and its sampler; call ``sampler.set_position`` before each epoch."""
-    batch = local_batch_size(recipe.train.batch_size, dist_info.world_size)
     ds = ImageSamples(samples, build_transform(recipe, True), recipe.train.seed, recipe.data.on_bad_image)
+    return resumable_loader(ds, recipe, dist_info, _collate_even if mixup else collate_skipping)
+
+
+def resumable_loader(
+    ds: Dataset, recipe: Recipe, dist_info: DistInfo, collate_fn: Callable[[list], Any]
+) -> tuple[DataLoader, ResumableSampler]:
+    """A training loader of ``ds`` (drop_last, this process's share of the global batch) and its
+    resumable sampler; ``ds`` takes ``(epoch, index)`` keys."""
+    batch = local_batch_size(recipe.train.batch_size, dist_info.world_size)
     sampler = ResumableSampler(ds, dist_info.world_size, dist_info.rank, recipe.train.seed)
     if sampler.num_samples < batch:
         raise ValueError(
@@ -309,10 +318,9 @@ def train_loader(
         )
     workers = recipe.data.num_workers
     loader = DataLoader(
-        ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-        collate_fn=_collate_even if mixup else collate_skipping, persistent_workers=workers > 0,
-        pin_memory=dist_info.device.type == "cuda", generator=torch.Generator(),
-        worker_init_fn=_ignore_stop_signals,
+        ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True, collate_fn=collate_fn,
+        persistent_workers=workers > 0, pin_memory=dist_info.device.type == "cuda",
+        generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,
     )  # fmt: skip
     return loader, sampler
 

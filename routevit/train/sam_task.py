@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 from ..layers.encoder import Schedule
 from .checkpoint import load_weights, resolve_checkpoint
 from .config import Recipe, load_recipe
-from .data import ResumableSampler, ShardSampler, _ignore_stop_signals, local_batch_size
+from .data import ResumableSampler, ShardSampler, _ignore_stop_signals, resumable_loader
 from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from .losses import feature_distillation_loss
 from .sam_data import CocoMaskDataset, SA1BDataset, SamEvalTarget, SamTarget, collate_sam, find_sa1b
@@ -296,22 +296,10 @@ def sam_train_loader(recipe: Recipe, info: DistInfo) -> tuple[DataLoader, Resuma
     if recipe.data.root is None:
         raise ValueError("no data folder: pass --data DIR (SA-1B-style images + json) or set data.root")
     files = find_sa1b(Path(recipe.data.root) / recipe.data.train_dir, recipe.sam.max_train_images)
-    s, batch = recipe.sam, local_batch_size(recipe.train.batch_size, info.world_size)
+    s = recipe.sam
     ds = SA1BDataset(files, recipe.model.img_size, s.masks_per_image, s.box_prob, s.num_points, s.box_noise,
                      s.box_noise_max, recipe.train.seed, recipe.data.on_bad_image)  # fmt: skip
-    sampler = ResumableSampler(ds, info.world_size, info.rank, recipe.train.seed)
-    if sampler.num_samples < batch:
-        raise ValueError(
-            f"each process gets {sampler.num_samples} training images per epoch, fewer than its batch "
-            f"of {batch}; lower train.batch_size or use more data"
-        )
-    workers = recipe.data.num_workers
-    loader = DataLoader(
-        ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True, collate_fn=collate_sam,
-        persistent_workers=workers > 0, pin_memory=info.device.type == "cuda", generator=torch.Generator(),
-        worker_init_fn=_ignore_stop_signals,
-    )  # fmt: skip
-    return loader, sampler
+    return resumable_loader(ds, recipe, info, collate_sam)
 
 
 def sam_eval_loader(
