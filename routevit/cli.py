@@ -69,7 +69,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     return eval_command(
         args.checkpoint, args.data, args.batch_size, args.ema, args.workers, args.device,
-        args.annotations, args.images, args.max_images, args.seed, args.out,
+        args.annotations, args.images, args.max_images, args.seed, args.out, args.keep_ratio,
     )  # fmt: skip
 
 
@@ -170,6 +170,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.add_argument("--workers", type=int, help="data loader workers (default: the recipe's)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--keep-ratio", type=float,
+                    help="route this share of tokens instead of the trained one (big.LITTLE models)")
     sam = ev.add_argument_group("SAM checkpoints (task: sam)")
     sam.add_argument("--annotations", help="COCO/LVIS instances JSON (default: sam.val_annotations)")
     sam.add_argument("--images", help="folder of its images (default: the recipe's sam.val_images)")

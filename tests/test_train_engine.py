@@ -152,6 +152,21 @@ def test_eval_command(vanilla_run: Path, data: Path, capsys: pytest.CaptureFixtu
     assert result["gmacs"] > 0 and result["images_per_s"] > 0
     assert main(["eval", str(vanilla_run), "--data", str(data), "--ema"]) == 2
     assert "run trained without EMA" in capsys.readouterr().err
+    assert main(["eval", str(vanilla_run), "--data", str(data), "--keep-ratio", "0.5"]) == 2
+    assert "needs a routed model" in capsys.readouterr().err
+
+
+def test_eval_at_another_keep_ratio(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = {"name": "blvit_deit_s_t", "keep_ratio": 0.5, "kwargs": {
+        "patch_size": 8, "embed_dim": 32, "num_heads": 2, "little_dim": 16, "little_heads": 1, "depth": 3}}
+    train(tiny_recipe(data, tmp_path / "run", model=model, train={"epochs": 1}))
+    capsys.readouterr()
+    results = {}
+    for ratio in ("1.0", "0.25"):
+        assert main(["eval", str(tmp_path / "run"), "--data", str(data), "--keep-ratio", ratio]) == 0
+        results[ratio] = json.loads(capsys.readouterr().out)
+    assert results["1.0"]["keep_ratio"] == 1.0 and results["0.25"]["keep_ratio"] == 0.25
+    assert results["0.25"]["gmacs"] < results["1.0"]["gmacs"]
 
 
 def test_cli_exit_status_after_sigint(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -402,6 +402,12 @@ def test_eval_cli_on_a_sam_checkpoint(world: dict[str, Path], tmp_path: Path, ca
     assert status == 0 and "| 3 points (at once) |" in printed and str(out) in printed
     result = json.loads(out.read_text())
     assert result["masks"] == 6 and all(0 <= result[f"miou_{s}"] <= 100 for s in ("1pt", "3pt", "box"))
+    trained_ratio = result["keep_ratio"]
+    assert main(["eval", str(tmp_path / "run"), "--annotations", str(world["annotations"]), "--images",
+                 str(world["images"]), "--device", "cpu", "--workers", "0", "--out", str(out),
+                 "--keep-ratio", "0.1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert json.loads(out.read_text())["keep_ratio"] == 0.1 != trained_ratio
     # the same numbers in-process, and a classification-only flag is refused for nothing
     assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
     assert "needs --annotations" in capsys.readouterr().err

@@ -24,8 +24,8 @@ from torch import nn
 
 from ..bench import time_pair
 from ..flops import count
-from ..train.build import build_student
-from ..train.checkpoint import atomic_write_text, latest_checkpoint, load_train_state, load_weights
+from ..train.build import build_student, load_checkpoint_model
+from ..train.checkpoint import atomic_write_text, latest_checkpoint, load_train_state
 from ..train.config import Recipe, load_recipe, recipe_to_dict, replace_fields
 from ..train.data import eval_loader, find_splits
 from ..train.distributed import DistInfo
@@ -159,11 +159,12 @@ def train_row(recipe: Recipe) -> None:
 
 
 def load_row_model(recipe: Recipe, keep_ratio: float | None = None) -> nn.Module:
-    """The final weights of a trained row (the last checkpoint, not the best on validation)."""
-    model_cfg = recipe.model if keep_ratio is None else replace(recipe.model, keep_ratio=keep_ratio)
-    model = build_student(model_cfg, pretrained=False)
-    model.load_state_dict(load_weights(latest_checkpoint(Path(recipe.run.output) / "checkpoints")))
-    return model.eval()
+    """The final weights of a trained row (the last checkpoint, not the best on validation),
+    optionally routing another share of tokens than it was trained with."""
+    model = load_checkpoint_model(latest_checkpoint(Path(recipe.run.output) / "checkpoints"))[0]
+    if keep_ratio is not None:
+        model.set_keep_ratio(keep_ratio)
+    return model
 
 
 def accuracy(model: nn.Module, recipe: Recipe) -> float:

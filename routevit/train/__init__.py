@@ -88,6 +88,7 @@ def eval_command(
     max_images: int | None = None,
     seed: int | None = None,
     out: str | None = None,
+    keep_ratio: float | None = None,
 ) -> int:
     """``routevit eval``: a classification checkpoint prints its metrics as one JSON object; a
     ``task: sam`` checkpoint prints an mIoU table (1 point, 3 points, box) and writes the JSON
@@ -100,7 +101,7 @@ def eval_command(
 
             result = evaluate_sam_checkpoint(
                 ckpt, annotations, images or data, batch_size or 1, max_images, seed, num_workers, device,
-                ema=ema, out=out,
+                ema=ema, out=out, keep_ratio=keep_ratio,
             )  # fmt: skip
             if int(os.environ.get("RANK", "0")) == 0:
                 print(format_table(result))
@@ -111,7 +112,8 @@ def eval_command(
                 "--annotations, --images, --max-images, --seed and --out apply to SAM checkpoints only"
             )
         result = evaluate_checkpoint(
-            ckpt, data, batch_size or 256, ema=ema, num_workers=num_workers, device=device
+            ckpt, data, batch_size or 256, ema=ema, num_workers=num_workers, device=device,
+            keep_ratio=keep_ratio,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"routevit eval: error: {e}", file=sys.stderr)

@@ -80,9 +80,11 @@ def evaluate_checkpoint(
     num_workers: int | None = None,
     device: str = "auto",
     amp: str | None = None,
+    keep_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Rebuild a checkpoint's model from its recipe, load its weights and evaluate it on the
     validation split that the recipe defines under ``data`` (default: the recipe's data.root).
+    ``keep_ratio`` routes another share of tokens than the model was trained with (bLViT only).
 
     Returns top1, top5 (percent), images, gmacs (per image, routevit.flops.count), images_per_s
     (end to end) and model_images_per_s (forward passes only), batch_size and checkpoint.
@@ -103,6 +105,10 @@ def evaluate_checkpoint(
     info = init_distributed(device)
     try:
         model = load_checkpoint_model(ckpt, ema=ema)[0].to(info.device)
+        if keep_ratio is not None:
+            if not callable(getattr(model, "set_keep_ratio", None)):
+                raise ValueError(f"--keep-ratio needs a routed model; {type(model).__name__} has no routing")
+            model.set_keep_ratio(keep_ratio)
         loader = eval_loader(splits.val, recipe, info, batch_size)
         result = evaluate_model(model, loader, info.device, amp if amp is not None else "none")
         size = recipe.model.img_size
@@ -110,4 +116,6 @@ def evaluate_checkpoint(
     finally:
         cleanup()
     result.update(checkpoint=str(ckpt), batch_size=batch_size, ema=ema, device=str(info.device))
+    if keep_ratio is not None:
+        result["keep_ratio"] = keep_ratio
     return result

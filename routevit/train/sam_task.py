@@ -446,9 +446,11 @@ def evaluate_sam_checkpoint(
     amp: str | None = None,
     ema: bool = False,
     out: str | Path | None = None,
+    keep_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Rebuild a ``task: sam`` checkpoint and evaluate it on COCO/LVIS-format ``annotations``
-    and ``images`` (default: the recipe's ``sam.val_annotations`` / ``sam.val_images``).
+    and ``images`` (default: the recipe's ``sam.val_annotations`` / ``sam.val_images``);
+    ``keep_ratio`` routes another share of tokens than the encoder was trained with.
     Writes the result as JSON to ``out`` (default: ``sam_eval_<checkpoint>.json`` in the run
     folder) and returns it."""
     ckpt = resolve_checkpoint(checkpoint)
@@ -465,6 +467,10 @@ def evaluate_sam_checkpoint(
     try:
         sam = build_sam_student(recipe, pretrained=False)
         sam.load_state_dict(load_weights(ckpt, ema=ema))
+        if keep_ratio is not None:
+            if not callable(getattr(sam.image_encoder, "set_keep_ratio", None)):
+                raise ValueError(f"--keep-ratio needs a routed encoder; {recipe.model.name!r} has no routing")
+            sam.image_encoder.set_keep_ratio(keep_ratio)
         sam.to(info.device)
         loader = sam_eval_loader(annotations, images, recipe, info, batch_size, max_images, seed, num_workers)
         result = evaluate_sam(sam, loader, info.device, amp if amp is not None else "none")
@@ -474,6 +480,7 @@ def evaluate_sam_checkpoint(
         checkpoint=str(ckpt), annotations=str(annotations), images_dir=str(images),
         seed=recipe.sam.eval_seed if seed is None else seed, ema=ema, device=str(info.device),
         one_point="best of 3 outputs by predicted IoU", three_points="three positive points at once",
+        keep_ratio=getattr(sam.image_encoder, "keep_ratio", None),
     )  # fmt: skip
     if out is None:
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
