@@ -35,7 +35,8 @@ def test_every_row_has_a_loadable_recipe_and_the_intended_switches(tmp_path: Pat
     fine_tuned = row_recipe(by_key["teacher_ft"], 0, "data", tmp_path, budget)
     blvit = row_recipe(by_key["blvit"], 1, "data", tmp_path, budget)
     assert fine_tuned.model.name == row_recipe(by_key["teacher"], 0, "d", tmp_path, budget).model.name
-    assert fine_tuned.optim.lr == blvit.optim.lr and fine_tuned.optim.warmup_epochs == blvit.optim.warmup_epochs
+    assert fine_tuned.optim.lr == blvit.optim.lr
+    assert fine_tuned.optim.warmup_epochs == blvit.optim.warmup_epochs
     scratch = row_recipe(by_key["t3_semi_ca"], 0, "data", tmp_path, budget).optim
     assert scratch.lr == row_recipe(by_key["teacher"], 0, "d", tmp_path, budget).optim.lr != blvit.optim.lr
     assert blvit.run.output == str(tmp_path / "blvit_seed1") and blvit.distill.teacher is not None
