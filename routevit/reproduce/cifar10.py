@@ -242,7 +242,17 @@ def reproduce(data: str, out: str | Path, budget: Budget, only: Sequence[str] = 
                             lambda r=ratio: measure(load_row_model(recipe, r), teacher, recipe, budget))
             results["sweep"].append({"keep_ratio": ratio, **value})
     total = time.perf_counter() - started
-    results["seconds"] = {"training_this_call": train_seconds, "total_this_call": total}
+    # an output folder built over several calls (a killed run resumed, a row added) adds them up
+    saved = out / "results.json"
+    before = json.loads(saved.read_text()).get("seconds", {}) if saved.is_file() else {}
+    results["seconds"] = {
+        "training_this_call": train_seconds,
+        "total_this_call": total,
+        "training_all_calls": before.get("training_all_calls", before.get("training_this_call", 0.0))
+        + train_seconds,
+        "total_all_calls": before.get("total_all_calls", before.get("total_this_call", 0.0)) + total,
+        "calls": before.get("calls", 1 if before else 0) + 1,
+    }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return results
 

@@ -23,6 +23,10 @@ def _spread(values: Sequence[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def grouped(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per row key (first-seen order) with the per-seed values collected."""
     by_key: dict[str, dict[str, Any]] = {}
@@ -64,7 +68,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {torch.get_num_threads()} CPU threads ({cpu}), torch {torch.__version__}, fp32. "
-        f"Teacher {b['teacher_epochs']} epochs; every other row {b['student_epochs']} epochs "
+        f"Teacher {_epochs(b['teacher_epochs'])}; every other row {_epochs(b['student_epochs'])} "
         f"(the narrow ViT, trained from scratch, {b['teacher_epochs'] + b['student_epochs']}); batch "
         f"{b['batch_size']}. top-1 on the 5,000 held-out images (500 per class), final weights. "
         f"images/s: batch {b['bench_batch']}, forward only, each model alternated with the teacher "
@@ -98,9 +102,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines.append("")
     seconds = results.get("seconds", {})
     if seconds:
-        lines += [f"Wall-clock of the command that wrote this: {seconds['total_this_call'] / 60:.1f} min "
-                  f"(training {seconds['training_this_call'] / 60:.1f} min; rows trained earlier and "
-                  "resumed are not counted twice).", ""]  # fmt: skip
+        calls = seconds.get("calls", 1)
+        total = seconds.get("total_all_calls", seconds["total_this_call"]) / 60
+        training = seconds.get("training_all_calls", seconds["training_this_call"]) / 60
+        lines += [f"Wall-clock on this machine: {total:.1f} min over {calls} call{'s' if calls != 1 else ''} "
+                  f"of the command that built this output folder (training {training:.1f} min; a resumed "
+                  "call adds only what it trained and measured).", ""]  # fmt: skip
     lines.append(END)
     return "\n".join(lines)
 
