@@ -105,3 +105,6 @@ def test_reproduce_end_to_end_on_a_tiny_image_folder(tmp_path: Path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     assert main(args) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    seconds = json.loads((out / "results.json").read_text())["seconds"]
+    assert seconds["calls"] == 2 and seconds["training_this_call"] < seconds["training_all_calls"]
+    assert "over 2 calls" in doc.read_text()
