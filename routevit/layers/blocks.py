@@ -249,7 +249,9 @@ class BigLittleBlock(nn.Module):
         num_heads: attention heads of the P path.
         little_dim: inner width of the E path.
         little_heads: attention heads of the E path.
-        semi_cross, score_scaling: the P path's ablation switches (see :class:`PerformanceBlock`).
+        semi_cross: the P path's queries see all tokens (False: only the selected ones; see
+            :class:`PerformanceBlock`).
+        score_scaling: scale the P path's outputs by ``(alpha * s + 1)`` (an ablation switch).
 
     Forward: ``x (B, N, C)``, ``routes`` -> ``(B, N, C)``.
     """
