@@ -196,6 +196,37 @@ def test_mlp_and_drop_path():
         DropPath(1.0)
 
 
+@pytest.mark.parametrize("shape", [(5, 4), (3, 7, 4), (2, 1, 4)])
+def test_mlp_forward_transposed_is_forward(shape):
+    """The P path's orientation (W @ x^T) computes the same function with the same gradients."""
+    torch.manual_seed(0)
+    mlp = Mlp(4, 16, 6).double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    out = mlp.forward_transposed(x)
+    reference = F.linear(F.gelu(F.linear(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+    assert out.shape == shape[:-1] + (6,)
+    torch.testing.assert_close(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), [x, mlp.fc1.weight, mlp.fc2.bias])
+    expected = torch.autograd.grad(reference.square().sum(), [x, mlp.fc1.weight, mlp.fc2.bias])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("keep", [3, 129])  # 2 * keep rows: below and above TRANSPOSED_MLP_MAX_ROWS
+def test_performance_mlp_branch_on_both_sides_of_the_orientation_switch(keep):
+    from routevit.layers.blocks import TRANSPOSED_MLP_MAX_ROWS
+
+    torch.manual_seed(0)
+    block = PerformanceBlock(8, 2).double()
+    block.alpha_mlp.data.fill_(0.7)
+    x = torch.randn(2, 300, 8, dtype=torch.float64)
+    routes = TopKDispatcher(keep / 300)(torch.rand(2, 300, dtype=torch.float64).softmax(-1))
+    assert (2 * keep <= TRANSPOSED_MLP_MAX_ROWS) == (keep == 3)
+    selected = routes.gather(x)
+    expected = block.mlp(_ln(selected, block.norm2)) * (0.7 * routes.selected_scores + 1).unsqueeze(-1)
+    torch.testing.assert_close(block.mlp_branch(selected, routes), expected)
+
+
 def test_blocks_bad_input():
     block = BigLittleBlock(32, 4, 8, 2)
     routes = TopKDispatcher(0.5)(torch.rand(2, 6).softmax(-1))
