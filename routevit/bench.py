@@ -9,6 +9,7 @@ pass only (no data loading), under ``torch.inference_mode``; CUDA is timed with 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 import weakref
@@ -24,13 +25,15 @@ from torch.utils._pytree import tree_flatten
 @dataclass(frozen=True)
 class PairTiming:
     """One batch size's result. ``speedup`` = baseline time / candidate time (median over pairs);
-    peak memory is that of the activations (weights excluded), in MiB."""
+    peak memory is that of the activations (weights excluded), in MiB; each of the ``pairs``
+    timed runs per model made ``calls_per_run`` forward passes."""
 
     batch_size: int
     candidate_images_per_s: float
     baseline_images_per_s: float
     speedup: float
     pairs: int
+    calls_per_run: int
     candidate_peak_mib: float
     baseline_peak_mib: float
 
@@ -100,19 +103,22 @@ def _autocast(x: torch.Tensor, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(x.device.type, dtype=torch.bfloat16)
 
 
-def _seconds(model: nn.Module, x: torch.Tensor, bf16: bool) -> float:
+def _seconds(model: nn.Module, x: torch.Tensor, bf16: bool, calls: int = 1) -> float:
+    """Seconds per forward pass, averaged over ``calls`` back-to-back passes."""
     if x.device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         with _autocast(x, bf16):
-            model(x)
+            for _ in range(calls):
+                model(x)
         end.record()
         torch.cuda.synchronize(x.device)
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3 / calls
     start_s = time.perf_counter()
     with _autocast(x, bf16):
-        model(x)
-    return time.perf_counter() - start_s
+        for _ in range(calls):
+            model(x)
+    return (time.perf_counter() - start_s) / calls
 
 
 def time_pair(
@@ -124,24 +130,35 @@ def time_pair(
     warmup: int = 2,
     repeats: int = 7,
     bf16: bool = False,
+    min_seconds: float = 0.0,
 ) -> PairTiming:
-    """Time ``candidate`` against ``baseline`` on ``make_input(batch_size)``, alternating."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    """Time ``candidate`` against ``baseline`` on ``make_input(batch_size)``, alternating.
+
+    ``min_seconds``: each timed run repeats the forward pass (the same number of times for
+    both models, fixed from the last warm-up pair) until the slower model's run lasts about
+    this long (no warm-up: one pass); a run of several passes averages out noise that a
+    single short pass shows.
+    """
+    if repeats < 1 or warmup < 0 or min_seconds < 0:
+        raise ValueError(
+            f"repeats must be >= 1, warmup >= 0 and min_seconds >= 0, got {repeats}, {warmup} "
+            f"and {min_seconds}"
+        )
     x = make_input(batch_size)
     cand_times: list[float] = []
     base_times: list[float] = []
+    calls = 1
     with torch.inference_mode():
         for _ in range(warmup):
-            _seconds(candidate, x, bf16)
-            _seconds(baseline, x, bf16)
+            slowest = max(_seconds(candidate, x, bf16), _seconds(baseline, x, bf16))
+            calls = max(1, math.ceil(min_seconds / slowest))
         for i in range(repeats):
             if i % 2 == 0:
-                cand_times.append(_seconds(candidate, x, bf16))
-                base_times.append(_seconds(baseline, x, bf16))
+                cand_times.append(_seconds(candidate, x, bf16, calls))
+                base_times.append(_seconds(baseline, x, bf16, calls))
             else:
-                base_times.append(_seconds(baseline, x, bf16))
-                cand_times.append(_seconds(candidate, x, bf16))
+                base_times.append(_seconds(baseline, x, bf16, calls))
+                cand_times.append(_seconds(candidate, x, bf16, calls))
     ratios = [b / c for c, b in zip(cand_times, base_times, strict=True)]
     mib = 2.0**20
     return PairTiming(
@@ -150,6 +167,7 @@ def time_pair(
         baseline_images_per_s=batch_size / statistics.median(base_times),
         speedup=statistics.median(ratios),
         pairs=repeats,
+        calls_per_run=calls,
         candidate_peak_mib=peak_activation_bytes(candidate, x, bf16) / mib,
         baseline_peak_mib=peak_activation_bytes(baseline, x, bf16) / mib,
     )
@@ -164,14 +182,13 @@ def compare(
     warmup: int = 2,
     repeats: int = 7,
     bf16: bool = False,
+    min_seconds: float = 0.0,
 ) -> list[PairTiming]:
     """A :class:`PairTiming` per batch size (both models are put in eval mode)."""
     candidate.eval()
     baseline.eval()
-    return [
-        time_pair(candidate, baseline, make_input, bs, warmup=warmup, repeats=repeats, bf16=bf16)
-        for bs in batch_sizes
-    ]
+    kw = {"warmup": warmup, "repeats": repeats, "bf16": bf16, "min_seconds": min_seconds}
+    return [time_pair(candidate, baseline, make_input, bs, **kw) for bs in batch_sizes]
 
 
 def format_table(
@@ -185,13 +202,14 @@ def format_table(
         f"candidate: {candidate_name} ({macs[0]:.2f} GMACs/image); baseline: {baseline_name} "
         f"({macs[1]:.2f} GMACs/image); MAC ratio {macs[1] / macs[0]:.2f}x",
         "",
-        "| batch | candidate img/s | baseline img/s | speed-up (median of pairs) | pairs "
+        "| batch | candidate img/s | baseline img/s | speed-up (median of pairs) | pairs x passes "
         "| candidate peak MiB | baseline peak MiB |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in timings:
         lines.append(
             f"| {t.batch_size} | {t.candidate_images_per_s:.2f} | {t.baseline_images_per_s:.2f} "
-            f"| {t.speedup:.2f}x | {t.pairs} | {t.candidate_peak_mib:.1f} | {t.baseline_peak_mib:.1f} |"
+            f"| {t.speedup:.2f}x | {t.pairs} x {t.calls_per_run} | {t.candidate_peak_mib:.1f} "
+            f"| {t.baseline_peak_mib:.1f} |"
         )
     return "\n".join(lines)

@@ -89,6 +89,7 @@ def run(
     keep_ratio: float | None = None,
     warmup: int = 2,
     repeats: int = 7,
+    min_seconds: float = 1.0,
     bf16: bool = False,
     sweep: Sequence[float] = (),
     sweep_batch: int = 1,
@@ -113,16 +114,16 @@ def run(
         "",
         f"{machine_summary()}; input {pair.input_size}; keep_ratio {candidate.keep_ratio}; "
         f"{'bf16 autocast' if bf16 else 'fp32'}; {'torch.compile' if compile_models else 'eager'}; "
-        f"model forward only, {warmup} warm-up pairs, median of {repeats} alternating pairs.",
+        f"model forward only, {warmup} warm-up pairs, median of {repeats} alternating pairs; each "
+        f"run repeats the forward pass to last about {min_seconds:g} s (at least one pass).",
         "",
     ]
+    timing = {"warmup": warmup, "repeats": repeats, "bf16": bf16, "min_seconds": min_seconds}
     run_candidate = torch.compile(candidate) if compile_models else candidate
     for label, baseline in baselines.items():
         base_macs = count(baseline, pair.input_size)
         run_baseline = torch.compile(baseline) if compile_models else baseline
-        timings = compare(
-            run_candidate, run_baseline, make_input, batch_sizes, warmup=warmup, repeats=repeats, bf16=bf16
-        )
+        timings = compare(run_candidate, run_baseline, make_input, batch_sizes, **timing)
         lines += [format_table(name, label, (cand_macs, base_macs), timings), ""]
     if sweep:
         label, baseline = next(iter(baselines.items()))
@@ -136,9 +137,7 @@ def run(
         for ratio in sweep:
             candidate.set_keep_ratio(ratio)
             macs = count(candidate, pair.input_size)
-            t = time_pair(
-                candidate, baseline, make_input, sweep_batch, warmup=warmup, repeats=repeats, bf16=bf16
-            )
+            t = time_pair(candidate, baseline, make_input, sweep_batch, **timing)
             lines.append(
                 f"| {ratio:g} | {macs:.2f} | {base_macs / macs:.2f}x | {t.candidate_images_per_s:.2f} "
                 f"| {t.baseline_images_per_s:.2f} | {t.speedup:.2f}x |"

@@ -38,6 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
         keep_ratio=args.keep_ratio,
         warmup=args.warmup,
         repeats=args.repeats,
+        min_seconds=args.min_seconds,
         bf16=args.bf16,
         sweep=args.sweep,
         sweep_batch=args.sweep_batch,
@@ -134,6 +135,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep-ratio", type=float, default=None, help="default: the model's own")
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument(
+        "--min-seconds", type=float, default=1.0,
+        help="each timed run repeats the forward pass until it lasts about this long (default 1)",
+    )
     bench.add_argument("--bf16", action="store_true", help="time under bfloat16 autocast")
     bench.add_argument("--sweep", type=_ratios, default=[], help="keep ratios to sweep, e.g. 0.1,0.25,1")
     bench.add_argument("--sweep-batch", type=int, default=1)

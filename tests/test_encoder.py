@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -112,6 +114,31 @@ def test_compare_times_both_models_and_formats_a_table():
     assert "MAC ratio 3.00x" in table and table.count("\n| ") == 3
     with pytest.raises(ValueError, match="repeats"):
         time_pair(fast, slow, lambda b: torch.randn(b, 8), 1, repeats=0)
+    with pytest.raises(ValueError, match="min_seconds"):
+        time_pair(fast, slow, lambda b: torch.randn(b, 8), 1, min_seconds=-1.0)
+
+
+def test_time_pair_repeats_short_passes_to_fill_min_seconds():
+    calls = {"fast": 0, "slow": 0}
+
+    class Counting(nn.Module):
+        def __init__(self, name: str, sleep: float) -> None:
+            super().__init__()
+            self.name, self.sleep = name, sleep
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls[self.name] += 1
+            time.sleep(self.sleep)
+            return x
+
+    fast, slow = Counting("fast", 0.001), Counting("slow", 0.004)
+    t = time_pair(fast, slow, lambda b: torch.randn(b, 2), 1, warmup=1, repeats=3, min_seconds=0.02)
+    # sized on the slower model: ceil(0.02 / ~0.004) passes per run, the same for both models
+    assert 2 <= t.calls_per_run <= 5
+    assert calls["fast"] == calls["slow"] == 1 + 3 * t.calls_per_run + 1  # + warm-up, + peak memory
+    assert 2.0 < t.speedup < 6.0
+    single = time_pair(fast, slow, lambda b: torch.randn(b, 2), 1, warmup=0, repeats=1, min_seconds=5.0)
+    assert single.calls_per_run == 1  # nothing to size the runs on without a warm-up
 
 
 def test_peak_activation_bytes_counts_live_intermediates_only():
