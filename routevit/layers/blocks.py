@@ -224,7 +224,9 @@ class PerformanceBlock(nn.Module):
         """Scaled FFN update of the already gathered selected tokens: ``(B, K, C) -> (B, K, C)``."""
         normed = self.norm2(selected)
         rows = normed.numel() // self.dim
-        few = normed.device.type == "cpu" and rows <= TRANSPOSED_MLP_MAX_ROWS
+        # A symbolic row count (torch.export with a dynamic batch) keeps x @ W^T: comparing
+        # it with the limit would put a guard on the batch size into the exported program.
+        few = normed.device.type == "cpu" and isinstance(rows, int) and rows <= TRANSPOSED_MLP_MAX_ROWS
         update = self.mlp.forward_transposed(normed) if few else self.mlp(normed)
         return self.drop_path(self._scale(update, self.alpha_mlp, routes))
 
