@@ -226,6 +226,23 @@ def test_tome_forward_matches_reference() -> None:
             assert (got[i] - plain).abs().max() > 1e-4
 
 
+def test_tome_sizes_travel_as_arguments_not_state() -> None:
+    model = patch_tome(tiny_vit(depth=3), 8)
+    x = images(2)
+    with torch.no_grad():
+        first = model(x)
+        model(images(1))  # another batch size in between leaves nothing behind
+        torch.testing.assert_close(model(x), first)
+        tokens = model.blocks[0](model.norm_pre(model._pos_embed(model.patch_embed(x))))
+        assert tokens.shape == (2, 57, DIM)  # the first block alone: every size is 1
+        with pytest.raises(RuntimeError, match="needs the token sizes"):
+            model.blocks[1](tokens)
+        with pytest.raises(ValueError, match=r"\(B, N, 1\)"):
+            model.blocks[1].forward_sized(tokens, torch.ones(2, 56, 1))
+    for module in model.modules():  # no tensor kept on a module outside parameters and buffers
+        assert not [k for k, v in vars(module).items() if isinstance(v, torch.Tensor)], module
+
+
 def test_proportional_attention_is_attention_over_repeated_tokens() -> None:
     """A token of size s attends like s identical copies of itself (ToMe's proportional attention)."""
     block = tiny_vit(depth=1).blocks[0]

@@ -162,7 +162,8 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def patch_blocks(blocks: Sequence[nn.Module], mixin: type, baseline: str) -> None:
-    """Swap each block's class to ``(mixin, original class)``; the mixin overrides ``forward``."""
+    """Swap each module's class to ``(mixin, original class)``; the mixin overrides methods
+    (a block's ``forward``, or a model's ``forward_features``)."""
     for block in blocks:
         base = type(block)
         key = (mixin, base)

@@ -85,26 +85,18 @@ def tome_merge(
     return merge_tokens(x, size, *bipartite_soft_matching(metric, r))
 
 
-class _ToMeState:
-    """Token sizes ``(B, N, 1)`` handed from one block to the next within a forward pass."""
-
-    __slots__ = ("size",)
-
-    def __init__(self) -> None:
-        self.size: torch.Tensor | None = None
-
-
 class _ToMeBlock:
-    """Mixin over timm's ``Block``: ``(B, N, C) -> (B, N - min(r, (N - 1) // 2), C)``.
+    """Mixin over timm's ``Block``: :meth:`forward_sized` ``(B, N, C)``, sizes ``(B, N, 1)`` or
+    None (all 1) -> ``(B, N - min(r, (N - 1) // 2), C)`` and the merged sizes.
 
-    The first block starts from sizes of 1 and the last one clears the shared state, so any
-    in-order pass over ``model.blocks`` (``forward``, ``forward_features``) works.
+    The sizes travel as arguments, never as state: the patched model's ``forward_features``
+    hands them from block to block. ``forward(x)`` (what ``model.blocks(x)`` calls) is only
+    defined for the first block, where every size is 1; deeper blocks refuse it rather than
+    silently dropping proportional attention.
     """
 
     _tome_r: int
     _tome_first: bool
-    _tome_last: bool
-    _tome_state: _ToMeState
 
     def _tokens(self, n: int) -> tuple[int, int]:
         out = n - min(self._tome_r, (n - 1) // 2)
@@ -114,11 +106,20 @@ class _ToMeBlock:
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
         check_no_mask(attn_mask, is_causal, "ToMe")
-        size = None if self._tome_first else self._tome_state.size
-        if size is not None and size.shape[:2] != x.shape[:2]:
+        if not self._tome_first:
             raise RuntimeError(
-                f"ToMe token sizes {tuple(size.shape)} do not match the tokens {tuple(x.shape)}; "
-                "run the blocks in order from the first (gradient checkpointing is not supported)"
+                "a ToMe block after the first needs the token sizes of the blocks before it: call "
+                "the model (forward / forward_features) or block.forward_sized(x, size)"
+            )
+        return self.forward_sized(x, None)[0]
+
+    def forward_sized(
+        self, x: torch.Tensor, size: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if size is not None and size.shape != (*x.shape[:2], 1):
+            raise ValueError(
+                f"ToMe token sizes must have shape (B, N, 1) = {(*x.shape[:2], 1)} to match the "
+                f"tokens {tuple(x.shape)}, got {tuple(size.shape)}"
             )
         bias = None if size is None else size.log().to(x.dtype)[:, None, None, :, 0]  # (B, 1, 1, N)
         x, _, k = attention_residual(self, x, bias)
@@ -127,8 +128,22 @@ class _ToMeBlock:
             if size is None:
                 size = x.new_ones(x.shape[0], x.shape[1], 1)
             x, size = tome_merge(x, size, k.mean(dim=1), r)
-        self._tome_state.size = None if self._tome_last else size
-        return mlp_residual(self, x)
+        return mlp_residual(self, x), size
+
+
+class _ToMeViT:
+    """Mixin over timm's ``VisionTransformer``: ``forward_features`` passes the token sizes
+    from each block to the next (timm's own runs ``self.blocks(x)``, which has no room for them)."""
+
+    def forward_features(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        check_no_mask(attn_mask, is_causal, "ToMe")
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        size = None
+        for block in self.blocks:
+            x, size = block.forward_sized(x, size)
+        return self.norm(x)
 
 
 def patch_tome(model: nn.Module, r: int | Sequence[int]) -> nn.Module:
@@ -139,20 +154,19 @@ def patch_tome(model: nn.Module, r: int | Sequence[int]) -> nn.Module:
         r: tokens merged in every block (>= 0), or one count per block (a sequence of ``depth``
             ints). Clipped per layer to ``(N - 1) // 2``; ``r = 0`` is the vanilla model.
 
-    ``state_dict`` keys are unchanged: every block keeps its submodules and weights.
+    ``state_dict`` keys are unchanged: every block keeps its submodules and weights. The model's
+    class is swapped too, for a ``forward_features`` that hands the token sizes between blocks.
     """
     check_timm_vit(model, "patch_tome")
     depth = len(model.blocks)
     rs = _check_r(r, depth)
     if getattr(model, "grad_checkpointing", False):
         raise ValueError("patch_tome does not support gradient checkpointing; disable it first")
-    state = _ToMeState()
     patch_blocks(list(model.blocks), _ToMeBlock, "tome")
+    patch_blocks([model], _ToMeViT, "tome")
     for i, block in enumerate(model.blocks):
         block._tome_r = rs[i]
         block._tome_first = i == 0
-        block._tome_last = i == depth - 1
-        block._tome_state = state
     return model
 
 
