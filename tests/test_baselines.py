@@ -241,6 +241,9 @@ def test_tome_sizes_travel_as_arguments_not_state() -> None:
             model.blocks[1].forward_sized(tokens, torch.ones(2, 56, 1))
     for module in model.modules():  # no tensor kept on a module outside parameters and buffers
         assert not [k for k, v in vars(module).items() if isinstance(v, torch.Tensor)], module
+    model.set_grad_checkpointing()
+    with pytest.raises(RuntimeError, match="gradient checkpointing"):
+        model(x)
 
 
 def test_proportional_attention_is_attention_over_repeated_tokens() -> None:

@@ -139,6 +139,8 @@ class _ToMeViT:
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
         check_no_mask(attn_mask, is_causal, "ToMe")
+        if self.grad_checkpointing:  # set after patching: refuse rather than not checkpoint
+            raise RuntimeError("ToMe does not support gradient checkpointing; disable it")
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         size = None
         for block in self.blocks:
