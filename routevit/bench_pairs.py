@@ -15,7 +15,7 @@ from torch import nn
 
 from .bench import compare, format_table, time_pair
 from .flops import count
-from .models import create_model
+from .models import create_model, list_models, model_info
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,18 @@ def _sam_pair(name: str) -> Callable[[], tuple[nn.Module, dict[str, nn.Module]]]
     return build
 
 
-PAIRS: dict[str, BenchPair] = {
-    "blvit_deit_b_t": BenchPair(_deit_pair("blvit_deit_b_t", "deit_base_patch16_224"), (3, 224, 224)),
-    "blvit_deit_s_t": BenchPair(_deit_pair("blvit_deit_s_t", "deit_small_patch16_224"), (3, 224, 224)),
-    "blvit_deit_h_b": BenchPair(_deit_pair("blvit_deit_h_b", "vit_huge_patch14_224"), (3, 224, 224)),
-    "blvit_sam_b_t": BenchPair(_sam_pair("blvit_sam_b_t"), (3, 1024, 1024)),
-    "blvit_sam_h_b": BenchPair(_sam_pair("blvit_sam_h_b"), (3, 1024, 1024)),
-}
-
-
 def get_pair(name: str) -> BenchPair:
-    if name not in PAIRS:
-        raise ValueError(f"no benchmark pair for {name!r}; available: {sorted(PAIRS)}")
-    return PAIRS[name]
+    """The pair of a registered model whose facts name a ``bench_baseline``."""
+    info = model_info(name)
+    if info.bench_baseline is None:
+        raise ValueError(f"no benchmark pair for {name!r}; available: {benchmarked_models()}")
+    build = _sam_pair(name) if info.task == "sam" else _deit_pair(name, info.bench_baseline)
+    return BenchPair(build, info.input_size)
+
+
+def benchmarked_models() -> list[str]:
+    """Registered models that ``routevit bench`` can time (their facts name a baseline)."""
+    return [n for n in list_models() if model_info(n).bench_baseline is not None]
 
 
 def machine_summary() -> str:

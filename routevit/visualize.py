@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .models import create_model, list_models
+from .interop.sam import load_sam_encoder
+from .interop.weights import read_state_dict
+from .models import create_model, list_models, model_info
+from .models.registry import IMAGENET_MEAN, IMAGENET_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from .models.sam import BigLittleSamEncoder
 from .models.vit import BigLittleViT
 
@@ -123,10 +126,6 @@ def draw_routes(
 
 # --- models and images ---------------------------------------------------------------------
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # segment_anything's Sam.pixel_mean (0-255 scale)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass
@@ -138,16 +137,6 @@ class LoadedModel:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     source: str = ""
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    from .interop.sam import read_state_dict  # torch.load(weights_only=True), unwraps "model"
-
-    return read_state_dict(path)
 
 
 def load_model(
@@ -190,10 +179,8 @@ def load_model(
     if model not in list_models():
         raise ValueError(f"unknown model {model!r}; routevit models: {list_models()}")
     net = create_model(model, **dict(overrides or {}))
-    state = _read_weights(path)
-    if isinstance(net, BigLittleSamEncoder):
-        from .interop.sam import load_sam_encoder
-
+    state = read_state_dict(path)
+    if model_info(model).task == "sam":
         load_sam_encoder(net, state)
     else:
         own = net.state_dict()

@@ -212,10 +212,11 @@ def test_mlp_forward_transposed_is_forward(shape):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("keep", [3, 129])  # 2 * keep rows: below and above TRANSPOSED_MLP_MAX_ROWS
+@pytest.mark.parametrize("keep", [3, 129])  # 2 * keep rows: below and above transposed_mlp_max_rows
 def test_performance_mlp_branch_on_both_sides_of_the_orientation_switch(keep):
-    from routevit.layers.blocks import TRANSPOSED_MLP_MAX_ROWS
+    from routevit.runtime import get_policy
 
+    TRANSPOSED_MLP_MAX_ROWS = get_policy().transposed_mlp_max_rows  # noqa: N806
     torch.manual_seed(0)
     block = PerformanceBlock(8, 2).double()
     block.alpha_mlp.data.fill_(0.7)

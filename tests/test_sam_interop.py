@@ -15,9 +15,8 @@ import torch
 from _sam_testing import sam_image_encoder, sam_kwargs
 
 from routevit import create_model
-from routevit.interop.sam import build_benchmark_encoders, load_sam_encoder
+from routevit.interop.sam import build_benchmark_encoders, build_sam, load_sam_encoder
 from routevit.layers.encoder import Schedule
-from routevit.models.sam import build_sam
 
 modeling = pytest.importorskip("segment_anything.modeling")
 
@@ -183,7 +182,7 @@ def test_routevit_imports_without_segment_anything():
     code = (
         "import sys; sys.modules['segment_anything'] = None\n"
         "import routevit\n"
-        "from routevit.models.sam import build_sam\n"
+        "from routevit.interop.sam import build_sam\n"
         "assert 'blvit_sam_b_t' in routevit.list_models('*sam*')\n"
         "try:\n    build_sam('blvit_sam_b_t', img_size=64, window_size=2, depth=1, global_attn_indexes=(),"
         " schedule=__import__('routevit.layers.encoder').layers.encoder.Schedule(('full',), ()))\n"

@@ -126,7 +126,7 @@ def test_full_block_with_grid_matches_sam_block(window):
     ours = _ours(Block(dim, 4, rel_pos_size=grid.window_hw), sam)
     x = torch.randn(2, 100, dim)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, grid), sam(x.view(2, *hw, dim)).view(2, 100, dim))
+        torch.testing.assert_close(ours(x, grid=grid), sam(x.view(2, *hw, dim)).view(2, 100, dim))
 
 
 @pytest.mark.parametrize("window", [7, 0])

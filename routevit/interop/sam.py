@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.registry import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_info, register_weights_loader
 from ..models.sam import BigLittleSamEncoder
+from .weights import StateDict, read_state_dict
 
 logger = logging.getLogger(__name__)
-
-StateDict = Mapping[str, torch.Tensor]
 
 _ENCODER_PREFIX = "image_encoder."
 _DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
@@ -44,20 +43,6 @@ class LoadReport:
     new: tuple[str, ...]  # bLViT-only parameters left at their initial values
     missing: tuple[str, ...]  # other model parameters the checkpoint lacked (only if strict=False)
     unexpected: tuple[str, ...]  # checkpoint entries the model has no place for (only if strict=False)
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, read with ``torch.load(weights_only=True)``; a
-    ``{"model": ...}`` or ``{"state_dict": ...}`` wrapper is unwrapped."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TypeError(
-            f"{path} must hold a state dict (a mapping of names to tensors), got {type(obj).__name__}"
-        )
-    return dict(obj)
 
 
 def encoder_entries(state: StateDict) -> dict[str, torch.Tensor]:
@@ -97,8 +82,7 @@ def load_sam_encoder(
     ``strict`` (default), so do checkpoint entries the model has no place for and model
     parameters the checkpoint lacks, except the bLViT-only ones of a vanilla checkpoint.
     """
-    state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
-    state = encoder_entries(state)
+    state = encoder_entries(read_state_dict(source))
     layout = "routevit" if any(_ROUTEVIT_MARKS.search(k) for k in state) else "segment_anything"
     if layout == "segment_anything":
         state = sam_to_routevit(state, model)
@@ -146,9 +130,9 @@ def build_sam(name: str, checkpoint: str | Path | None = None, **overrides: Any)
     from ..models import create_model
 
     modeling = _segment_anything()
+    if model_info(name).task != "sam":
+        raise TypeError(f"{name!r} is not a SAM encoder model (its task is {model_info(name).task})")
     encoder = create_model(name, **overrides)
-    if not isinstance(encoder, BigLittleSamEncoder):
-        raise TypeError(f"{name!r} is not a SAM encoder model (got {type(encoder).__name__})")
     dim, size, grid = encoder.config.out_chans, encoder.img_size, encoder.config.grid_size
     sam = modeling.Sam(
         image_encoder=encoder,
@@ -162,8 +146,8 @@ def build_sam(name: str, checkpoint: str | Path | None = None, **overrides: Any)
             iou_head_depth=3,
             iou_head_hidden_dim=256,
         ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(SAM_PIXEL_MEAN),
+        pixel_std=list(SAM_PIXEL_STD),
     )
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
@@ -228,7 +212,7 @@ def build_benchmark_encoders(
     modeling = _segment_anything()
     blvit = create_model(name, **overrides)
     cfg = blvit.config
-    vanilla_name = {"blvit_sam_b_t": "sam_vit_b", "blvit_sam_h_b": "sam_vit_h"}.get(name, name)
+    vanilla_name = model_info(name).vanilla or name
     size_overrides = {k: v for k, v in overrides.items() if k not in {"schedule", "keep_ratio"}}
     vanilla = create_model(vanilla_name, **size_overrides)
     sam_kwargs = dict(
@@ -274,3 +258,6 @@ def timm_state_dict(state: StateDict, model: nn.Module) -> dict[str, torch.Tenso
             f"timm SAM model does not fit: unexpected [{_names(unknown)}], missing [{_names(lacking)}]"
         )
     return {**{k: own[k] for k in lacking}, **out}
+
+
+register_weights_loader("sam", "pretrained", load_sam_encoder)

@@ -23,26 +23,21 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.encoder import Schedule
+from ..layers.schedule import Schedule
+from ..models.registry import register_weights_loader
 from ..models.vit import BigLittleViT, BigLittleViTConfig
+from .weights import Source, StateDict, read_state_dict
 
 log = logging.getLogger(__name__)
 
-StateDict = Mapping[str, torch.Tensor]
-Source = str | PathLike[str] | StateDict
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-SAFETENSORS_SUFFIXES = (".safetensors",)
 
 # Checkpoint keys of ViT features bLViT's blocks do not implement -> what they are.
 _UNSUPPORTED = (
@@ -89,61 +84,6 @@ class LoadReport:
             parts.append(f"unexpected {self.unexpected}")
         parts.extend(self.notes)
         return "; ".join(parts)
-
-
-def read_state_dict(source: Source) -> dict[str, torch.Tensor]:
-    """A checkpoint file (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``, or
-    ``.safetensors``) or a mapping, as a plain ``{name: tensor}`` dict on the CPU.
-
-    Accepts a plain state dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``;
-    a ``module.`` prefix (DistributedDataParallel) is removed.
-    """
-    if isinstance(source, Mapping):
-        obj: Any = source
-    elif isinstance(source, (str, PathLike)):
-        obj = _read_file(Path(source))
-    else:
-        raise TypeError(
-            f"expected a checkpoint path or a state dict mapping, got {type(source).__name__}"
-        )
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"expected a non-empty {{name: tensor}} state dict, got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"expected a {{name: tensor}} state dict; these entries are not tensors: {bad[:5]}")
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _read_file(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in SAFETENSORS_SUFFIXES:
-            try:
-                from safetensors.torch import load_file
-            except ImportError as err:
-                raise ImportError(
-                    f"reading {str(path)!r} needs the safetensors package (pip install 'routevit[timm]')"
-                ) from err
-            return load_file(str(path), device="cpu")
-        if suffix in TORCH_SUFFIXES:
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (ImportError, FileNotFoundError):
-        raise
-    except Exception as err:  # a truncated/corrupt file or a pickle with non-tensor objects
-        raise ValueError(f"could not read checkpoint {str(path)!r} ({suffix}): {err}") from err
-    raise ValueError(
-        f"unsupported checkpoint suffix {suffix!r} of {str(path)!r}; expected one of "
-        f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}"
-    )
 
 
 def check_supported(state: StateDict) -> None:
@@ -420,3 +360,6 @@ def big_little_from_timm(
     load_timm_weights(model, vit.state_dict(), strict=True)
     return model
 
+
+register_weights_loader("classification", "pretrained", load_timm_weights)
+register_weights_loader("classification", "little_pretrained", load_little_weights)

@@ -9,15 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import runtime
 from ._checks import check_last_dim, check_tensor
 from .attention import Attention, SemiCrossAttention
 from .routing import Routes
 from .windows import WindowGrid
-
-# Up to this many rows (B * K) the P path's FFN runs as ``W @ x^T`` on the CPU. Measured with
-# MKL on 2 cores (768 -> 3072 -> 768): 1.12x at 50 rows, ~1.05x from 100 to 1,000 rows, but
-# 0.85x at 1,100-1,225 rows (SAM's P path), so the switch stays well below that.
-TRANSPOSED_MLP_MAX_ROWS = 256
 
 
 class Mlp(nn.Module):
@@ -37,7 +33,7 @@ class Mlp(nn.Module):
 
         Same function, other orientation: for a few rows (the P path's K selected tokens at
         small batch) MKL divides ``W @ x^T`` better between the cores than ``x @ W^T``; see
-        :data:`TRANSPOSED_MLP_MAX_ROWS` and docs/results.md. ``(..., in_dim) -> (..., out_dim)``,
+        :class:`routevit.runtime.RuntimePolicy` and docs/results.md. ``(..., in_dim) -> (..., out_dim)``,
         returned as a transposed view.
         """
         columns = x.reshape(-1, x.shape[-1]).t()  # (in_dim, rows)
@@ -65,8 +61,29 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def _check_grid(grid: object) -> None:
+    """Blocks share ``forward(x, routes=None, grid=None)``: catch a grid passed as the routes."""
+    if isinstance(grid, WindowGrid):
+        raise TypeError(
+            "a WindowGrid was passed as routes: call block(x, routes, grid) or block(x, grid=grid)"
+        )
+
+
+def _need_routes(routes: object, block: nn.Module) -> Routes:
+    _check_grid(routes)
+    if not isinstance(routes, Routes):
+        raise TypeError(
+            f"{type(block).__name__} updates the routed tokens: pass routes (a Routes from a "
+            f"prediction layer), got {type(routes).__name__}"
+        )
+    return routes
+
+
 class Block(nn.Module):
-    """Vanilla pre-norm ViT block (a "full" layer that updates every token): ``(B, N, C) -> (B, N, C)``."""
+    """Vanilla pre-norm ViT block (a "full" layer that updates every token): ``(B, N, C) -> (B, N, C)``.
+
+    ``routes`` is accepted for the blocks' common signature and not used: every token is updated.
+    """
 
     def __init__(
         self,
@@ -85,7 +102,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, routes: Routes | None = None, grid: WindowGrid | None = None
+    ) -> torch.Tensor:
+        _check_grid(routes)
         check_tensor(x, "x", 3, "(B, N, C)")
         x = x + self.drop_path(self.attn(self.norm1(x), grid=grid))
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -95,7 +115,10 @@ class DimMatchedBlock(nn.Module):
     """Efficiency (E) path: a vanilla ViT block of width ``inner_dim`` on a ``dim``-wide stream.
 
     Attention: qkv ``C -> 3c``, proj ``c -> C``. FFN: ``Linear(C -> c)``, ``Mlp(c, 4c, c)``,
-    ``Linear(c -> C)``. Updates all tokens: ``(B, N, C) -> (B, N, C)``.
+    ``Linear(c -> C)``. Updates all tokens: ``(B, N, C) -> (B, N, C)`` (``routes`` unused).
+
+    A replacement E block (see :class:`BigLittleBlock`'s ``efficiency``) provides the same
+    ``attn_branch(x, grid)`` and ``mlp_branch(x)``, each ``(B, N, C) -> (B, N, C)``.
     """
 
     def __init__(
@@ -128,7 +151,10 @@ class DimMatchedBlock(nn.Module):
         """The FFN sub-layer's update, before the residual: ``(B, N, C) -> (B, N, C)``."""
         return self.drop_path(self.mlp_out(self.mlp(self.mlp_in(self.norm2(x)))))
 
-    def forward(self, x: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, routes: Routes | None = None, grid: WindowGrid | None = None
+    ) -> torch.Tensor:
+        _check_grid(routes)
         check_tensor(x, "x", 3, "(B, N, C)")
         check_last_dim(x, "x", self.dim)
         x = x + self.attn_branch(x, grid)
@@ -224,13 +250,14 @@ class PerformanceBlock(nn.Module):
         """Scaled FFN update of the already gathered selected tokens: ``(B, K, C) -> (B, K, C)``."""
         normed = self.norm2(selected)
         rows = normed.numel() // self.dim
-        # A symbolic row count (torch.export with a dynamic batch) keeps x @ W^T: comparing
-        # it with the limit would put a guard on the batch size into the exported program.
-        few = normed.device.type == "cpu" and isinstance(rows, int) and rows <= TRANSPOSED_MLP_MAX_ROWS
+        few = runtime.transposed_mlp(rows, normed.device)
         update = self.mlp.forward_transposed(normed) if few else self.mlp(normed)
         return self.drop_path(self._scale(update, self.alpha_mlp, routes))
 
-    def forward(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, routes: Routes | None = None, grid: WindowGrid | None = None
+    ) -> torch.Tensor:
+        routes = _need_routes(routes, self)
         check_last_dim(x, "x", self.dim)
         x = routes.scatter_add(x, self.attn_branch(x, routes, grid))
         return routes.scatter_add(x, self.mlp_branch(routes.gather(x), routes), inplace=True)
@@ -275,6 +302,9 @@ class BigLittleBlock(nn.Module):
         semi_cross: the P path's queries see all tokens (False: only the selected ones; see
             :class:`PerformanceBlock`).
         score_scaling: scale the P path's outputs by ``(alpha * s + 1)`` (an ablation switch).
+        efficiency: your own E block instead of a :class:`DimMatchedBlock` (the size arguments
+            ``little_dim``/``little_heads`` are then unused); it provides ``attn_branch(x, grid)``
+            and ``mlp_branch(x)``, each ``(B, N, C) -> (B, N, C)``.
 
     Forward: ``x (B, N, C)``, ``routes`` -> ``(B, N, C)``.
     """
@@ -293,6 +323,7 @@ class BigLittleBlock(nn.Module):
         *,
         semi_cross: bool = True,
         score_scaling: bool = True,
+        efficiency: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -300,13 +331,23 @@ class BigLittleBlock(nn.Module):
             dim, num_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size,
             semi_cross=semi_cross, score_scaling=score_scaling,
         )
-        self.efficiency = DimMatchedBlock(
-            dim, little_dim, little_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size
-        )
+        if efficiency is None:
+            efficiency = DimMatchedBlock(
+                dim, little_dim, little_heads, mlp_ratio, qkv_bias, drop_path, rel_pos_size
+            )
+        elif not all(callable(getattr(efficiency, m, None)) for m in ("attn_branch", "mlp_branch")):
+            raise TypeError(
+                "efficiency must provide attn_branch(x, grid) and mlp_branch(x), got "
+                f"{type(efficiency).__name__}"
+            )
+        self.efficiency = efficiency
         self.fuse_attn = GatedFuse(gamma_init)
         self.fuse_mlp = GatedFuse(gamma_init)
 
-    def forward(self, x: torch.Tensor, routes: Routes, grid: WindowGrid | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, routes: Routes | None = None, grid: WindowGrid | None = None
+    ) -> torch.Tensor:
+        routes = _need_routes(routes, self)
         check_last_dim(x, "x", self.dim)
         p, e = self.performance, self.efficiency
         x = self.fuse_attn(x, p.attn_branch(x, routes, grid), e.attn_branch(x, grid), routes)

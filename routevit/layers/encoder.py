@@ -1,13 +1,23 @@
-"""A stack of full, big.LITTLE and P-only layers driven by a schedule, with prediction layers.
+"""THE trunk of every bLViT: full, big.LITTLE and P-only layers driven by a :class:`Schedule`,
+with prediction layers, per-layer attention grids, a routing policy and a block factory.
 
-The schedule is data, so the paper's B+T and H+B layouts (and any user's own) are one object::
+Every model family builds on :class:`BigLittleEncoder`: the DeiT classifiers (global attention,
+:class:`~routevit.layers.policies.GlobalTopK` keeping the CLS token) and the SAM encoders
+(windowed and global layers on a token grid, :class:`~routevit.layers.policies.WindowTopK`).
 
-    Schedule.big_little_from(depth=12, first_routed=2, predict_after=(1, 4, 7, 10))  # B+T
+Extension points:
+
+* ``block_fn(kind, spec) -> nn.Module`` builds each layer (``kind`` from the schedule, ``spec`` a
+  :class:`BlockSpec`); :func:`default_block_fn` gives routevit's blocks. Every block has the
+  call signature ``forward(x, routes=None, grid=None)``.
+* ``policy``: any :class:`~routevit.layers.policies.RoutingPolicy`.
+* ``selector``: ``"router"`` (a :class:`Router` per prediction layer) or ``"cls_attention"``
+  (one parameter-free :class:`ClsAttentionScorer`); both answer ``score(x, next_block)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,9 +25,23 @@ from torch import nn
 
 from ._checks import check_last_dim, check_tensor
 from .blocks import BigLittleBlock, Block, PerformanceBlock
-from .routing import ClsAttentionScorer, Router, Routes, TopKDispatcher
+from .policies import GlobalTopK, RoutingPolicy
+from .routing import ClsAttentionScorer, Router, Routes
+from .schedule import LAYER_KINDS, Schedule
+from .windows import WindowGrid
 
-LAYER_KINDS = ("full", "big_little", "performance")
+__all__ = [
+    "LAYER_KINDS",
+    "SELECTORS",
+    "BigLittleEncoder",
+    "BlockFn",
+    "BlockSpec",
+    "Schedule",
+    "check_selector",
+    "default_block_fn",
+    "drop_path_rates",
+]
+
 SELECTORS = ("router", "cls_attention")
 
 
@@ -29,55 +53,50 @@ def check_selector(selector: object) -> str:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """What each layer is, and after which layers (1-based) a prediction layer routes tokens.
+class BlockSpec:
+    """Everything a block factory needs to build the layer at ``index`` (0-based).
 
-    ``kinds[i]`` is ``"full"`` (vanilla block, all tokens), ``"big_little"`` (P + E + fusion) or
-    ``"performance"`` (P path only; unselected tokens pass through).
+    ``rel_pos_size`` is the attention grid of SAM's relative positions (None: no relative
+    positions); ``semi_cross`` and ``score_scaling`` are the P path's ablation switches.
     """
 
-    kinds: tuple[str, ...]
-    predict_after: tuple[int, ...]
+    index: int
+    dim: int
+    num_heads: int
+    little_dim: int
+    little_heads: int
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path: float = 0.0
+    gamma_init: float = 1e-5
+    rel_pos_size: tuple[int, int] | None = None
+    semi_cross: bool = True
+    score_scaling: bool = True
 
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.kinds) - set(LAYER_KINDS))
-        if unknown:
-            raise ValueError(f"unknown layer kinds {unknown}; valid kinds are {LAYER_KINDS}")
-        depth = len(self.kinds)
-        if any(not 1 <= p <= depth for p in self.predict_after):
-            raise ValueError(f"predict_after {self.predict_after} must lie in 1..{depth}")
-        if list(self.predict_after) != sorted(set(self.predict_after)):
-            raise ValueError(f"predict_after must be strictly increasing, got {self.predict_after}")
-        first_routed = next((i + 1 for i, k in enumerate(self.kinds) if k != "full"), None)
-        if first_routed is not None and (not self.predict_after or self.predict_after[0] >= first_routed):
-            raise ValueError(
-                f"layer {first_routed} is routed but no prediction layer comes before it "
-                f"(predict_after={self.predict_after})"
-            )
 
-    @classmethod
-    def big_little_from(
-        cls, depth: int, first_routed: int, predict_after: Sequence[int], alternate: bool = False
-    ) -> Schedule:
-        """Full layers up to ``first_routed - 1``, then big.LITTLE layers; with ``alternate``,
-        big.LITTLE and P-only layers take turns (H+B)."""
-        kinds = ["full"] * (first_routed - 1)
-        for i in range(depth - first_routed + 1):
-            kinds.append("performance" if alternate and i % 2 else "big_little")
-        return cls(tuple(kinds), tuple(predict_after))
+BlockFn = Callable[[str, BlockSpec], nn.Module]
 
-    def performance_only(self) -> Schedule:
-        """The same schedule with every big.LITTLE layer made P-only (no efficiency path): the
-        "early prune" row of the paper's Table 3."""
-        kinds = tuple("performance" if k == "big_little" else k for k in self.kinds)
-        return Schedule(kinds, self.predict_after)
 
-    @property
-    def depth(self) -> int:
-        return len(self.kinds)
+def default_block_fn(kind: str, spec: BlockSpec) -> nn.Module:
+    """routevit's block for a schedule ``kind``: :class:`Block`, :class:`PerformanceBlock` or
+    :class:`BigLittleBlock`."""
+    common = (spec.dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, spec.drop_path)
+    p_args = {"semi_cross": spec.semi_cross, "score_scaling": spec.score_scaling}
+    if kind == "full":
+        return Block(*common, rel_pos_size=spec.rel_pos_size)
+    if kind == "performance":
+        return PerformanceBlock(*common, spec.rel_pos_size, **p_args)
+    if kind == "big_little":
+        return BigLittleBlock(
+            spec.dim, spec.num_heads, spec.little_dim, spec.little_heads, spec.mlp_ratio, spec.qkv_bias,
+            spec.drop_path, spec.gamma_init, spec.rel_pos_size, **p_args,
+        )
+    raise ValueError(f"unknown layer kind {kind!r}; valid kinds are {LAYER_KINDS}")
 
-    def count(self, kind: str) -> int:
-        return self.kinds.count(kind)
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth per layer, increasing linearly from 0 to ``rate`` (as timm)."""
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
 class BigLittleEncoder(nn.Module):
@@ -89,8 +108,8 @@ class BigLittleEncoder(nn.Module):
         little_dim: the efficiency path's inner width.
         little_heads: attention heads of the efficiency path.
         schedule: the layer layout and prediction layers.
-        keep_ratio: share of tokens routed to the P path.
-        always_keep: positions always routed (0 for a CLS token).
+        keep_ratio: share of tokens routed to the P path (for the default policy).
+        always_keep: positions always routed (0 for a CLS token), for the default policy.
         drop_path_rate: stochastic depth, increasing linearly over the layers (as timm).
         selector: how a prediction layer scores tokens. ``"router"`` (the paper's prediction
             layer: a :class:`Router` per prediction layer, P outputs scaled by
@@ -101,6 +120,11 @@ class BigLittleEncoder(nn.Module):
             ``always_keep``.
         semi_cross: False makes the P path attend only among the selected tokens.
         cls_index: position of the CLS token, read by the ``"cls_attention"`` selector.
+        grids: one :class:`WindowGrid` per layer (windowed or global attention on a token
+            grid), or None for a plain token sequence.
+        rel_pos: give each layer SAM's relative position tables for its grid (needs ``grids``).
+        policy: the routing policy; default :class:`GlobalTopK` (``keep_ratio``, ``always_keep``).
+        block_fn: the block factory (see :func:`default_block_fn`).
     """
 
     def __init__(
@@ -119,63 +143,78 @@ class BigLittleEncoder(nn.Module):
         selector: str = "router",
         semi_cross: bool = True,
         cls_index: int = 0,
+        *,
+        grids: Sequence[WindowGrid] | None = None,
+        rel_pos: bool = False,
+        policy: RoutingPolicy | None = None,
+        block_fn: BlockFn = default_block_fn,
     ) -> None:
         super().__init__()
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a routevit Schedule, got {type(schedule).__name__}")
         self.dim = dim
         self.schedule = schedule
         self.selector = check_selector(selector)
         if not isinstance(semi_cross, bool):
             raise TypeError(f"semi_cross must be a bool, got {semi_cross!r}")
         self.semi_cross = semi_cross
-        self.dispatcher = TopKDispatcher(keep_ratio, always_keep)
-        score_scaling = selector == "router"  # the CLS-attention scores carry no gradient
-        p_args = {"semi_cross": semi_cross, "score_scaling": score_scaling}
-        # on the CPU explicitly: under `with torch.device("meta")` a default-device tensor has no data
-        rates = torch.linspace(0, drop_path_rate, schedule.depth, device="cpu").tolist()
-        blocks: list[nn.Module] = []
-        for kind, dp in zip(schedule.kinds, rates, strict=True):
-            if kind == "full":
-                blocks.append(Block(dim, num_heads, mlp_ratio, qkv_bias, dp))
-            elif kind == "performance":
-                blocks.append(PerformanceBlock(dim, num_heads, mlp_ratio, qkv_bias, dp, **p_args))
-            else:
-                blocks.append(
-                    BigLittleBlock(
-                        dim, num_heads, little_dim, little_heads, mlp_ratio, qkv_bias, dp, gamma_init,
-                        **p_args,
-                    )
-                )
+        if grids is not None and len(grids) != schedule.depth:
+            raise ValueError(f"grids must give one WindowGrid per layer ({schedule.depth}), got {len(grids)}")
+        if rel_pos and grids is None:
+            raise ValueError("rel_pos=True needs grids: relative positions live on a token grid")
+        self.grids: tuple[WindowGrid | None, ...] = (
+            tuple(grids) if grids is not None else (None,) * schedule.depth
+        )
+        self.policy = policy if policy is not None else GlobalTopK(keep_ratio, always_keep)
+        rates = drop_path_rates(drop_path_rate, schedule.depth)
+        blocks = []
+        for i, (kind, grid) in enumerate(zip(schedule.kinds, self.grids, strict=True)):
+            spec = BlockSpec(
+                i, dim, num_heads, little_dim, little_heads, mlp_ratio, qkv_bias, rates[i], gamma_init,
+                rel_pos_size=grid.window_hw if rel_pos and grid is not None else None,
+                semi_cross=semi_cross, score_scaling=selector == "router",  # CLS scores carry no gradient
+            )
+            blocks.append(block_fn(kind, spec))
         self.blocks = nn.ModuleList(blocks)
         # Empty with the cls_attention selector, so the state dict has no router keys at all.
         self.routers = nn.ModuleDict(
             {str(p): Router(dim) for p in schedule.predict_after} if selector == "router" else {}
         )
         self.scorer: ClsAttentionScorer | None = None
-        self._scored_by: dict[int, int] = {}  # prediction layer -> 0-based index of the P-block
+        self._next_routed: dict[int, int] = {}  # prediction layer -> 0-based index of the next routed layer
+        for p in schedule.predict_after:
+            routed = [i for i in range(p, schedule.depth) if schedule.kinds[i] != "full"]
+            if routed:
+                self._next_routed[p] = routed[0]
         if selector == "cls_attention":
-            if cls_index not in self.dispatcher.always_keep:
+            self.scorer = self._cls_attention_scorer(cls_index)
+
+    def _cls_attention_scorer(self, cls_index: int) -> ClsAttentionScorer:
+        always_keep = getattr(self.policy, "always_keep", ())
+        if cls_index not in always_keep:
+            raise ValueError(
+                f"the cls_attention selector keeps the CLS token: cls_index {cls_index} must "
+                f"be in always_keep {always_keep}"
+            )
+        for p in self.schedule.predict_after:
+            if p not in self._next_routed:
                 raise ValueError(
-                    f"the cls_attention selector keeps the CLS token: cls_index {cls_index} must "
-                    f"be in always_keep {self.dispatcher.always_keep}"
+                    f"the cls_attention selector scores tokens with the next routed layer's "
+                    f"attention, but no routed layer follows prediction layer {p} "
+                    f"(kinds={self.schedule.kinds})"
                 )
-            self.scorer = ClsAttentionScorer(cls_index)
-            for p in schedule.predict_after:
-                routed = [i for i in range(p, schedule.depth) if schedule.kinds[i] != "full"]
-                if not routed:
-                    raise ValueError(
-                        f"the cls_attention selector scores tokens with the next routed layer's "
-                        f"attention, but no routed layer follows prediction layer {p} "
-                        f"(kinds={schedule.kinds})"
-                    )
-                self._scored_by[p] = routed[0]
+        return ClsAttentionScorer(cls_index)
 
     @property
     def keep_ratio(self) -> float:
-        return self.dispatcher.keep_ratio
+        return self.policy.keep_ratio
+
+    def max_keep_ratio(self) -> float:
+        return self.policy.max_keep_ratio()
 
     def set_keep_ratio(self, keep_ratio: float) -> None:
         """Change the share of tokens routed to the P path, at run time, without retraining."""
-        self.dispatcher.set_keep_ratio(keep_ratio)
+        self.policy.set_keep_ratio(keep_ratio)
 
     def forward_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
         """Like :meth:`forward`, also returning the Routes of every prediction layer in order."""
@@ -183,20 +222,18 @@ class BigLittleEncoder(nn.Module):
         check_last_dim(x, "x", self.dim)
         all_routes: list[Routes] = []
         routes: Routes | None = None
-        for layer, (kind, block) in enumerate(zip(self.schedule.kinds, self.blocks, strict=True), start=1):
-            x = block(x) if kind == "full" else block(x, routes)
+        for layer, (block, grid) in enumerate(zip(self.blocks, self.grids, strict=True), start=1):
+            x = block(x, routes, grid)
             if layer in self.schedule.predict_after:
-                routes = self.dispatcher(self.scores(layer, x))
+                routes = self.policy(self.scores(layer, x))
                 all_routes.append(routes)
         return x, all_routes
 
     def scores(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Token scores ``(B, N)`` of the prediction layer after ``layer`` (1-based) on ``x``."""
-        if self.scorer is None:
-            return self.routers[str(layer)](x)
-        block = self.blocks[self._scored_by[layer]]
-        p_block = block.performance if isinstance(block, BigLittleBlock) else block
-        return self.scorer(x, p_block.norm1, p_block.attn.qkv, p_block.attn.num_heads)
+        scorer = self.scorer if self.scorer is not None else self.routers[str(layer)]
+        following = self._next_routed.get(layer)
+        return scorer.score(x, None if following is None else self.blocks[following])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_routes(x)[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +130,17 @@ class Routes:
         return f"Routes(batch={self.batch_size}, tokens={self.num_tokens}, selected={self.num_selected})"
 
 
+@runtime_checkable
+class TokenScorer(Protocol):
+    """What a prediction layer is to the trunk: ``score(x (B, N, C), next_block) -> (B, N)``.
+
+    ``next_block`` is the first routed block after the prediction layer (None if there is none);
+    a learned :class:`Router` ignores it, :class:`ClsAttentionScorer` borrows its attention.
+    """
+
+    def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor: ...
+
+
 class Router(nn.Module):
     """Prediction layer: ``Linear(C -> 1)`` then softmax over the token axis.
 
@@ -144,6 +156,10 @@ class Router(nn.Module):
         check_tensor(x, "x", 3, "(B, N, C)")
         check_last_dim(x, "x", self.dim)
         return self.proj(x).squeeze(-1).softmax(dim=-1)
+
+    def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor:
+        """The scorer protocol of the trunk (see :class:`TokenScorer`); ``next_block`` is unused."""
+        return self(x)
 
 
 class ClsAttentionScorer(nn.Module):
@@ -193,6 +209,16 @@ class ClsAttentionScorer(nn.Module):
             folded = torch.einsum("bhd,hdc->bhc", q, w_k)  # (B, H, C): W_{k,h}^T q_h
             logits = torch.einsum("bnc,bhc->bhn", norm(x), folded) * head_dim**-0.5
             return logits.float().softmax(dim=-1).mean(dim=1).to(x.dtype)
+
+    def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor:
+        """The scorer protocol of the trunk: borrow the P path of ``next_block`` (a
+        :class:`~routevit.layers.blocks.BigLittleBlock` or a P-only block)."""
+        if next_block is None:
+            raise ValueError(
+                "the CLS-attention scorer reads the next routed block's attention: pass next_block"
+            )
+        p_block = getattr(next_block, "performance", next_block)
+        return self(x, p_block.norm1, p_block.attn.qkv, p_block.attn.num_heads)
 
     def extra_repr(self) -> str:
         return f"cls_index={self.cls_index}"

@@ -1,5 +1,5 @@
-"""The recipes' architectures, built only from routevit.layers."""
+"""The recipes' architectures, built only from routevit.layers, and the registry of their facts."""
 
-from .registry import create_model, list_models, register_model
+from .registry import ModelInfo, create_model, list_models, model_info, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]

@@ -33,22 +33,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import (
-    BigLittleBlock,
-    Block,
-    PerformanceBlock,
-    Router,
-    Routes,
-    TopKDispatcher,
-    WindowGrid,
-    tokens_to_keep,
-)
 from ..layers._checks import check_keep_ratio, check_tensor
-from ..layers.encoder import Schedule
-from .registry import register_model
+from ..layers.embed import PatchEmbed
+from ..layers.encoder import BigLittleEncoder, BlockFn, default_block_fn
+from ..layers.policies import WindowTopK
+from ..layers.routing import Routes
+from ..layers.schedule import Schedule, b_t_schedule, h_b_schedule
+from ..layers.windows import WindowGrid
+from .registry import load_weights, register_model
 
-B_T_SCHEDULE = Schedule.big_little_from(depth=12, first_routed=2, predict_after=(1, 4, 7, 10))
-H_B_SCHEDULE = Schedule.big_little_from(depth=32, first_routed=10, predict_after=(8, 16, 24), alternate=True)
+B_T_SCHEDULE = b_t_schedule(12)
+H_B_SCHEDULE = h_b_schedule(32)
 
 
 @dataclass(frozen=True)
@@ -126,116 +121,71 @@ class LayerNorm2d(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches: ``(B, C_in, S, S) -> (B, S/p, S/p, dim)`` (channels last)."""
-
-    def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
-
-
-class BigLittleSamEncoder(nn.Module):
+class BigLittleSamEncoder(BigLittleEncoder):
     """SAM's image encoder with a big.LITTLE schedule: ``(B, 3, S, S) -> (B, 256, S/16, S/16)``.
+
+    Patch embedding + the trunk (:class:`~routevit.layers.BigLittleEncoder`, here with one
+    :class:`WindowGrid` per layer, SAM's relative positions and the :class:`WindowTopK` policy) +
+    SAM's neck. The trunk is the base class rather than a child module so that the parameter
+    names stay segment_anything's.
 
     Args:
         config: the architecture (:class:`SamEncoderConfig`); keyword ``overrides`` replace
             its fields (``img_size``, ``depth``, ``embed_dim``, ``window_size``, ...).
+        block_fn: the trunk's block factory (see :func:`routevit.layers.default_block_fn`).
 
     Parameter names follow segment_anything's ``ImageEncoderViT`` (``patch_embed.proj``,
     ``pos_embed``, ``blocks.i.attn.rel_pos_h``, ``neck.0`` ...), except ``mlp.lin1/lin2`` ->
     ``mlp.fc1/fc2`` and, in big.LITTLE layers, the vanilla block under ``blocks.i.performance``.
     """
 
-    def __init__(self, config: SamEncoderConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
+    def __init__(
+        self, config: SamEncoderConfig | None = None, block_fn: BlockFn = default_block_fn, **overrides: Any
+    ) -> None:
         cfg = config or SamEncoderConfig()
         if overrides:
             cfg = sam_encoder_config(dataclasses.asdict(cfg) | {"schedule": cfg.schedule}, **overrides)
+        g, dim = cfg.grid_size, cfg.embed_dim
+        # built before the trunk so that a seeded init draws the weights in SAM's module order
+        patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim, grid=True)
+        super().__init__(
+            dim, cfg.num_heads, cfg.little_dim, cfg.little_heads, cfg.schedule,
+            mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path_rate=cfg.drop_path_rate,
+            gamma_init=cfg.gamma_init,
+            grids=[WindowGrid(g, g, 0 if i in cfg.global_attn_indexes else cfg.window_size)
+                   for i in range(cfg.depth)],
+            rel_pos=cfg.use_rel_pos,
+            policy=WindowTopK(WindowGrid(g, g, cfg.window_size), cfg.keep_ratio),
+            block_fn=block_fn,
+        )
         self.config = cfg
         self.img_size = cfg.img_size  # read by segment_anything's Sam and SamPredictor
-        g, dim = cfg.grid_size, cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim)
+        self.patch_embed = patch_embed
         self.pos_embed = nn.Parameter(torch.zeros(1, g, g, dim)) if cfg.use_abs_pos else None
-        self.grids = tuple(
-            WindowGrid(g, g, 0 if i in cfg.global_attn_indexes else cfg.window_size) for i in range(cfg.depth)
-        )
-        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # as timm
-        layers = zip(cfg.schedule.kinds, self.grids, rates, strict=True)
-        self.blocks = nn.ModuleList(self._make_block(kind, grid, dp) for kind, grid, dp in layers)
-        self.routers = nn.ModuleDict({str(p): Router(dim) for p in cfg.schedule.predict_after})
-        self.route_grid = WindowGrid(g, g, cfg.window_size)
-        self.dispatcher = TopKDispatcher(cfg.keep_ratio, group_size=self.route_grid.window_tokens)
-        slots = self.route_grid.slot_to_token()
-        self.register_buffer("slot_to_token", slots, persistent=False)
-        self.register_buffer("slot_is_padding", slots == self.route_grid.num_tokens, persistent=False)
         self.neck = nn.Sequential(
             nn.Conv2d(dim, cfg.out_chans, kernel_size=1, bias=False),
             LayerNorm2d(cfg.out_chans),
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(cfg.out_chans),
         )
-        self.tokens_per_window = 0
-        self.set_keep_ratio(cfg.keep_ratio)
 
-    def _make_block(self, kind: str, grid: WindowGrid, drop_path: float) -> nn.Module:
-        cfg = self.config
-        rel = grid.window_hw if cfg.use_rel_pos else None
-        dim, heads, ratio, bias = cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias
-        if kind == "full":
-            return Block(dim, heads, ratio, bias, drop_path, rel_pos_size=rel)
-        if kind == "performance":
-            return PerformanceBlock(dim, heads, ratio, bias, drop_path, rel_pos_size=rel)
-        return BigLittleBlock(
-            dim, heads, cfg.little_dim, cfg.little_heads, ratio, bias, drop_path, cfg.gamma_init, rel
-        )
-
-    # --- keep ratio -------------------------------------------------------------------------
+    # --- keep ratio (the policy's padding rule, see the module docstring) --------------------
 
     @property
-    def keep_ratio(self) -> float:
-        return self.dispatcher.keep_ratio
+    def route_grid(self) -> WindowGrid:
+        """The windows routing happens in (the windowed layers' grid)."""
+        return self.policy.grid
 
-    def max_keep_ratio(self) -> float:
-        """The largest keep_ratio whose per-window k fits the emptiest window's real tokens."""
-        grid = self.route_grid
-        return min(1.0, grid.min_real_tokens() * grid.num_windows / grid.num_tokens)
-
-    def window_k(self, keep_ratio: float) -> int:
-        """Tokens routed per window at ``keep_ratio``: ``ceil(ceil(keep_ratio * N) / windows)``."""
-        grid = self.route_grid
-        return -(-tokens_to_keep(keep_ratio, grid.num_tokens) // grid.num_windows)
+    @property
+    def tokens_per_window(self) -> int:
+        return self.policy.tokens_per_window
 
     def set_keep_ratio(self, keep_ratio: float) -> None:
         """Change the share of tokens routed to the P path (see the module's padding rule)."""
-        keep_ratio = check_keep_ratio(keep_ratio)
-        k, grid = self.window_k(keep_ratio), self.route_grid
-        if k > grid.min_real_tokens():
-            hp, wp = grid.padded_hw
-            raise ValueError(
-                f"keep_ratio={keep_ratio} needs k={k} tokens in every window, but at img_size "
-                f"{self.img_size} the {grid.height}x{grid.width} token grid pads to {hp}x{wp} with "
-                f"window {grid.window} and the emptiest window holds only {grid.min_real_tokens()} "
-                f"real tokens (padding is never selected); the largest keep_ratio for this "
-                f"geometry is {self.max_keep_ratio()}"
-            )
-        self.dispatcher.set_keep_ratio(keep_ratio)
-        self.tokens_per_window = k
+        super().set_keep_ratio(keep_ratio)
+        self.config = dataclasses.replace(self.config, keep_ratio=self.keep_ratio)
 
     # --- forward ----------------------------------------------------------------------------
-
-    def route(self, x: torch.Tensor, router: nn.Module) -> Routes:
-        """Per-window routing of the tokens ``x`` ``(B, N, C)``: Routes with ``(B, nW * k)``
-        raster indices (window-major, ascending in each window) and ``(B, N)`` scores."""
-        scores = router(x)
-        with_pad = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
-        slots = with_pad.index_select(1, self.slot_to_token)  # (B, nW * T), padding slots = 0
-        in_windows = self.dispatcher(
-            slots, self.slot_is_padding, k=self.tokens_per_window, check_eligible=False
-        )  # set_keep_ratio proved that every window has k real tokens
-        return Routes(self.slot_to_token[in_windows.indices], scores)
 
     def forward_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
         """Like :meth:`forward`, also returning the Routes of every prediction layer in order."""
@@ -252,15 +202,8 @@ class BigLittleSamEncoder(nn.Module):
             x = x + self.pos_embed
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c).contiguous()  # the conv's permuted strides would follow x along
-        routes: Routes | None = None
-        all_routes: list[Routes] = []
-        layers = zip(cfg.schedule.kinds, self.blocks, self.grids, strict=True)
-        for layer, (kind, block, grid) in enumerate(layers, start=1):
-            x = block(x, grid) if kind == "full" else block(x, routes, grid)
-            if str(layer) in self.routers:
-                routes = self.route(x, self.routers[str(layer)])
-                all_routes.append(routes)
-        return self.neck(x.view(b, h, w, c).permute(0, 3, 1, 2)), all_routes
+        x, routes = super().forward_routes(x)
+        return self.neck(x.view(b, h, w, c).permute(0, 3, 1, 2)), routes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_routes(x)[0]
@@ -295,40 +238,34 @@ def _build(name: str, pretrained: str | Path | None, overrides: dict[str, Any]) 
         depth = overrides.get("depth", base["depth"])
         base = {**base, "schedule": Schedule(("full",) * depth, ())}
     model = BigLittleSamEncoder(sam_encoder_config(base, **overrides))
-    if pretrained is not None:
-        from ..interop.sam import load_sam_encoder
-
-        load_sam_encoder(model, pretrained)
+    load_weights(model, "sam", pretrained=pretrained)
     return model
 
 
-@register_model
+_SAM_1024 = dict(task="sam", input_size=(3, 1024, 1024))  # mean/std: ImageNet's, as SAM
+_TIMM_SAM_B = "samvit_base_patch16"
+_TIMM_SAM_H = "samvit_huge_patch16"
+
+
+@register_model(**_SAM_1024, vanilla="sam_vit_b", bench_baseline=_TIMM_SAM_B)
 def blvit_sam_b_t(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
     """SAM ViT-B as B+T: layer 1 full, layers 2-12 big.LITTLE (E: 192 wide, 3 heads)."""
     return _build("blvit_sam_b_t", pretrained, overrides)
 
 
-@register_model
+@register_model(**_SAM_1024, vanilla="sam_vit_h", bench_baseline=_TIMM_SAM_H)
 def blvit_sam_h_b(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
     """SAM ViT-H as H+B: layers 1-9 full, then big.LITTLE and P-only layers alternate (E: 768/12)."""
     return _build("blvit_sam_h_b", pretrained, overrides)
 
 
-@register_model
+@register_model(**_SAM_1024)
 def sam_vit_b(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
     """SAM's vanilla ViT-B encoder on routevit's layers (no routing): a teacher and a baseline."""
     return _build("sam_vit_b", pretrained, overrides)
 
 
-@register_model
+@register_model(**_SAM_1024)
 def sam_vit_h(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
     """SAM's vanilla ViT-H encoder on routevit's layers (no routing)."""
     return _build("sam_vit_h", pretrained, overrides)
-
-
-def build_sam(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> nn.Module:
-    """A ``segment_anything.modeling.Sam`` whose image encoder is ``create_model(name)``; see
-    :func:`routevit.interop.sam.build_sam` (needs the ``sam`` extra)."""
-    from ..interop.sam import build_sam as _build_sam
-
-    return _build_sam(name, checkpoint=checkpoint, **overrides)

@@ -15,55 +15,23 @@ import torch
 from torch import nn
 
 from ..layers._checks import check_keep_ratio, check_tensor
-from ..layers.encoder import BigLittleEncoder, Schedule, check_selector
+from ..layers.embed import PatchEmbed
+from ..layers.encoder import BigLittleEncoder, BlockFn, check_selector, default_block_fn
 from ..layers.routing import Routes
-from .registry import register_model
+from ..layers.schedule import LAYOUTS, Schedule, b_t_schedule, h_b_schedule, schedule_for
+from .registry import load_weights, register_model
 
-# "<layout>_p_only": the same layout with every big.LITTLE layer P-only (no E path), the
-# "early prune" row of the paper's Table 3.
-LAYOUTS = ("b_t", "h_b", "b_t_p_only", "h_b_p_only")
-
-
-def b_t_schedule(depth: int = 12) -> Schedule:
-    """B+T: layer 1 full, then big.LITTLE; a prediction layer after layer 1 and every 3rd after.
-
-    ``depth=12`` gives the paper's layout (prediction after layers 1, 4, 7, 10).
-    """
-    if depth < 2:
-        raise ValueError(f"the B+T layout needs depth >= 2 (one full layer, then routed), got {depth}")
-    return Schedule.big_little_from(depth, first_routed=2, predict_after=tuple(range(1, depth, 3)))
-
-
-def h_b_schedule(depth: int = 32) -> Schedule:
-    """H+B: full layers first, then big.LITTLE and P-only layers alternating.
-
-    ``depth=32`` gives the paper's layout: layers 1-9 full, big.LITTLE in layers 10, 12, ..., 32,
-    P-only in 11, 13, ..., 31, prediction after layers 8, 16, 24. Other depths keep the shape:
-    about 9/32 of the layers full and prediction layers at 1/4, 2/4 and 3/4 of the depth.
-    """
-    if depth < 4:
-        raise ValueError(f"the H+B layout needs depth >= 4 (three prediction layers), got {depth}")
-    full = (9 * depth + 16) // 32  # round(9 * depth / 32), halves up
-    predict_after = tuple(sorted({max(1, q * depth // 4) for q in (1, 2, 3)}))
-    return Schedule.big_little_from(depth, full + 1, predict_after, alternate=True)
-
-
-def schedule_for(layout: str | Schedule, depth: int) -> Schedule:
-    """The named layout (one of :data:`LAYOUTS`) at ``depth`` layers, or ``layout`` itself when
-    it is a :class:`Schedule` of that depth. ``"b_t_p_only"`` / ``"h_b_p_only"`` are B+T / H+B
-    with every big.LITTLE layer P-only (:meth:`Schedule.performance_only`)."""
-    if isinstance(layout, Schedule):
-        if layout.depth != depth:
-            raise ValueError(f"the schedule has {layout.depth} layers but depth is {depth}")
-        return layout
-    if layout in ("b_t_p_only", "h_b_p_only"):
-        return schedule_for(layout.removesuffix("_p_only"), depth).performance_only()
-    if layout == "b_t":
-        return b_t_schedule(depth)
-    if layout == "h_b":
-        return h_b_schedule(depth)
-    raise ValueError(f"unknown layout {layout!r}; valid layouts are {LAYOUTS}")
-
+__all__ = [
+    "LAYOUTS",
+    "BigLittleViT",
+    "BigLittleViTConfig",
+    "b_t_schedule",
+    "blvit_deit_b_t",
+    "blvit_deit_h_b",
+    "blvit_deit_s_t",
+    "h_b_schedule",
+    "schedule_for",
+]
 
 @dataclass(frozen=True)
 class BigLittleViTConfig:
@@ -139,26 +107,18 @@ class BigLittleViTConfig:
         return schedule_for(self.layout, self.depth)
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches by a strided Conv2d: ``(B, in_chans, H, W) -> (B, H/p * W/p, C)``."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
 class BigLittleViT(nn.Module):
     """big.LITTLE ViT for classification with timm's interface.
 
     ``forward_features(x)``: ``(B, in_chans, H, W) -> (B, N, C)`` after the final norm, where
     ``N = 1 + (H / patch)^2`` (CLS first). ``forward_head(x)``: ``(B, N, C) -> (B, num_classes)``.
-    The CLS token is always routed to the performance path.
+    The CLS token is always routed to the performance path. ``block_fn`` replaces the blocks
+    the trunk builds (see :func:`routevit.layers.default_block_fn`), e.g. with your own E block.
     """
 
-    def __init__(self, config: BigLittleViTConfig | None = None) -> None:
+    def __init__(
+        self, config: BigLittleViTConfig | None = None, block_fn: BlockFn = default_block_fn
+    ) -> None:
         super().__init__()
         cfg = config or BigLittleViTConfig()
         if not isinstance(cfg, BigLittleViTConfig):
@@ -166,7 +126,7 @@ class BigLittleViT(nn.Module):
         self.config = cfg
         self.num_classes = cfg.num_classes
         self.num_features = self.embed_dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)  # (B, N, C) tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.embed_dim))
         self.encoder = BigLittleEncoder(
@@ -184,6 +144,7 @@ class BigLittleViT(nn.Module):
             selector=cfg.selector,
             semi_cross=cfg.semi_cross,
             cls_index=0,
+            block_fn=block_fn,
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -292,13 +253,7 @@ def _build(
     if keep_ratio is not None:
         overrides["keep_ratio"] = keep_ratio
     model = BigLittleViT(replace(defaults, **overrides))
-    if pretrained is not None or little_pretrained is not None:
-        from ..interop.timm import load_little_weights, load_timm_weights  # timm stays optional
-
-        if pretrained is not None:
-            load_timm_weights(model, pretrained)
-        if little_pretrained is not None:
-            load_little_weights(model, little_pretrained)
+    load_weights(model, "classification", pretrained=pretrained, little_pretrained=little_pretrained)
     return model
 
 
@@ -310,7 +265,10 @@ H_B = BigLittleViTConfig(
 S_T = BigLittleViTConfig(embed_dim=384, num_heads=6, little_dim=96, little_heads=2)
 
 
-@register_model
+_IMAGENET_224 = dict(task="classification", input_size=(3, 224, 224))
+
+
+@register_model(**_IMAGENET_224, vanilla="deit_base_patch16_224", bench_baseline="deit_base_patch16_224")
 def blvit_deit_b_t(
     pretrained: str | PathLike[str] | None = None,
     little_pretrained: str | PathLike[str] | None = None,
@@ -323,7 +281,7 @@ def blvit_deit_b_t(
     return _build("blvit_deit_b_t", B_T, pretrained, little_pretrained, keep_ratio, overrides)
 
 
-@register_model
+@register_model(**_IMAGENET_224, vanilla="vit_huge_patch14_224", bench_baseline="vit_huge_patch14_224")
 def blvit_deit_h_b(
     pretrained: str | PathLike[str] | None = None,
     little_pretrained: str | PathLike[str] | None = None,
@@ -336,7 +294,7 @@ def blvit_deit_h_b(
     return _build("blvit_deit_h_b", H_B, pretrained, little_pretrained, keep_ratio, overrides)
 
 
-@register_model
+@register_model(**_IMAGENET_224, vanilla="deit_small_patch16_224", bench_baseline="deit_small_patch16_224")
 def blvit_deit_s_t(
     pretrained: str | PathLike[str] | None = None,
     little_pretrained: str | PathLike[str] | None = None,

@@ -23,8 +23,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

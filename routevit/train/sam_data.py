@@ -40,12 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..models.registry import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from .data import BadImageError, derive_seed
 
 logger = logging.getLogger(__name__)
 
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

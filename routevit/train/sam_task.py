@@ -95,9 +95,8 @@ def encoder_overrides(recipe: Recipe, teacher: bool = False) -> dict[str, Any]:
 
 def _is_sam_encoder(name: str) -> bool:
     from routevit.models import list_models
-    from routevit.models.sam import CONFIGS
 
-    return name in CONFIGS or (name in list_models() and name.startswith(("sam_", "blvit_sam_")))
+    return name in list_models(task="sam")
 
 
 def build_sam_student(recipe: Recipe, pretrained: bool = True) -> nn.Module:
@@ -194,16 +193,11 @@ def decode(sam: nn.Module, emb: torch.Tensor, pe: torch.Tensor, prompt: dict, mu
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
-    """``mean over (H, W) of alpha_t (1 - p_t)^gamma BCE`` for ``(..., H, W)`` -> ``(...)``
-    (torchvision's sigmoid_focal_loss, averaged per mask; ``alpha < 0``: no weighting)."""
-    target = target.to(logits.dtype)
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = p * target + (1 - p) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
-    return loss.mean(dim=(-2, -1))
+    """``mean over (H, W) of alpha_t (1 - p_t)^gamma BCE`` for ``(..., H, W)`` -> ``(...)``:
+    torchvision's sigmoid_focal_loss, averaged per mask (``alpha < 0``: no weighting)."""
+    from torchvision.ops import sigmoid_focal_loss as per_pixel
+
+    return per_pixel(logits, target.to(logits.dtype), alpha, gamma, reduction="none").mean(dim=(-2, -1))
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
