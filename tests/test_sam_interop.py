@@ -62,7 +62,7 @@ def test_official_checkpoint_loads_into_the_encoder(sam_checkpoint):
     assert report.layout == "segment_anything" and not report.missing and not report.unexpected
     assert "blocks.1.performance.attn.rel_pos_h" in report.loaded
     assert "blocks.1.mlp.fc1.weight" not in report.loaded
-    assert "routers.1.proj.weight" in report.new and "blocks.2.fuse_mlp.gamma" in report.new
+    assert "routers.1.proj.weight" in report.fresh and "blocks.2.fuse_mlp.gamma" in report.fresh
 
 
 def test_own_checkpoint_round_trips(tmp_path):
@@ -76,7 +76,7 @@ def test_own_checkpoint_round_trips(tmp_path):
     torch.save({"model": model.state_dict()}, path)
     loaded = create_model("blvit_sam_b_t", pretrained=path, **SMALL).eval()
     report = load_sam_encoder(loaded, path)
-    assert report.layout == "routevit" and not report.new and not report.missing
+    assert report.layout == "routevit" and not report.fresh and not report.missing
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
@@ -98,7 +98,7 @@ def test_unexpected_and_missing_keys_are_named(sam_checkpoint, tmp_path):
                                          r"\[blocks\.0\.attn\.qkv\.weight\]"):
         load_sam_encoder(model, state)
     report = load_sam_encoder(model, state, strict=False)
-    assert report.missing == ("blocks.0.attn.qkv.weight",) and report.unexpected == ("blocks.7.norm1.weight",)
+    assert report.missing == ["blocks.0.attn.qkv.weight"] and report.unexpected == ["blocks.7.norm1.weight"]
 
 
 class _Payload:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..models.registry import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_info, register_weights_loader
 from ..models.sam import BigLittleSamEncoder
-from .weights import StateDict, read_state_dict
+from .weights import LoadReport, StateDict, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +31,6 @@ _DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 # Parameters a vanilla SAM checkpoint cannot provide: they start fresh (alpha 0, gamma 1e-5).
 _NEW_IN_BLVIT = re.compile(r"^routers\.|\.efficiency\.|\.alpha_(attn|mlp)$|\.fuse_(attn|mlp)\.gamma$")
 _ROUTEVIT_MARKS = re.compile(r"^routers\.|\.performance\.|\.efficiency\.|\.mlp\.fc[12]\.")
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What :func:`load_sam_encoder` did, by parameter name (the model's names)."""
-
-    layout: str  # "segment_anything" or "routevit"
-    loaded: tuple[str, ...]
-    new: tuple[str, ...]  # bLViT-only parameters left at their initial values
-    missing: tuple[str, ...]  # other model parameters the checkpoint lacked (only if strict=False)
-    unexpected: tuple[str, ...]  # checkpoint entries the model has no place for (only if strict=False)
 
 
 def encoder_entries(state: StateDict) -> dict[str, torch.Tensor]:
@@ -105,8 +93,8 @@ def load_sam_encoder(
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     if new:
         logger.info("initialised %d bLViT-only parameters fresh: %s", len(new), _names(list(new)))
-    loaded = tuple(k for k in own if k in state)
-    return LoadReport(layout, loaded, new, missing, unexpected)
+    loaded = [k for k in own if k in state]
+    return LoadReport(loaded, list(new), list(missing), list(unexpected), layout=layout)
 
 
 def _segment_anything() -> Any:

@@ -23,7 +23,6 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 from ..layers.schedule import Schedule
 from ..models.registry import register_weights_loader
 from ..models.vit import BigLittleViT, BigLittleViTConfig
-from .weights import Source, StateDict, read_state_dict
+from .weights import LoadReport, Source, StateDict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +53,6 @@ _UNSUPPORTED = (
     (r"^patch_embed\.norm\.", "a norm in the patch embedding"),
     (r"^attn_pool\.", "attention pooling (attn_pool)"),
 )
-
-
-@dataclass
-class LoadReport:
-    """What a load did, by parameter name.
-
-    ``loaded``: model keys filled from the checkpoint. ``fresh``: model keys that a vanilla
-    checkpoint cannot have (E path, routers, alpha, gamma) and that keep their init.
-    ``missing``: model keys the checkpoint should have filled but lacks. ``unexpected``:
-    checkpoint keys that were not used. ``notes``: adaptations made (resampling, skipped head).
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    fresh: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.unexpected
-
-    def summary(self) -> str:
-        parts = [f"loaded {len(self.loaded)}", f"fresh {len(self.fresh)}"]
-        if self.missing:
-            parts.append(f"missing {self.missing}")
-        if self.unexpected:
-            parts.append(f"unexpected {self.unexpected}")
-        parts.extend(self.notes)
-        return "; ".join(parts)
 
 
 def check_supported(state: StateDict) -> None:
@@ -181,7 +150,7 @@ def load_timm_weights(model: BigLittleViT, source: Source, *, strict: bool = Fal
     model = _check_model(model)
     state = read_state_dict(source)
     check_supported(state)
-    report = LoadReport()
+    report = LoadReport(layout="timm")
     kinds = model.config.schedule.kinds
     own = model.state_dict()
     updates: dict[str, torch.Tensor] = {}
@@ -253,7 +222,7 @@ def load_little_weights(model: BigLittleViT, source: Source, *, strict: bool = F
             f"little_dim {cfg.little_dim}"
         )
     fitting = ("attn.qkv.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
-    report = LoadReport()
+    report = LoadReport(layout="timm")
     own = model.state_dict()
     updates: dict[str, torch.Tensor] = {}
     for i, kind in enumerate(cfg.schedule.kinds):

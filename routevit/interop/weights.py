@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,39 @@ Source = str | PathLike[str] | StateDict
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+@dataclass
+class LoadReport:
+    """What a load did, by the model's parameter names; every loader returns one.
+
+    ``layout``: the checkpoint's layout (``"segment_anything"`` or ``"routevit"`` for SAM
+    encoders, ``"timm"`` for ViT checkpoints). ``loaded``: model keys filled from the checkpoint.
+    ``fresh``: model keys that a vanilla checkpoint cannot have (E path, routers, alpha, gamma)
+    and that keep their init.
+    ``missing``: model keys the checkpoint should have filled but lacks. ``unexpected``:
+    checkpoint keys that were not used. ``notes``: adaptations made (resampling, skipped head).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    layout: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)}", f"fresh {len(self.fresh)}"]
+        if self.missing:
+            parts.append(f"missing {self.missing}")
+        if self.unexpected:
+            parts.append(f"unexpected {self.unexpected}")
+        parts.extend(self.notes)
+        return "; ".join(parts)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
