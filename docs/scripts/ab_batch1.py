@@ -5,7 +5,8 @@ Usage: ``python docs/scripts/ab_batch1.py [--rounds 30] [--batch-size 1] [--thre
 Five variants are timed in one process, in alternating order, ``--rounds`` times each:
 
 * ``ours``: ``blvit_deit_b_t`` as shipped (P-path FFN as ``W @ x^T`` for few rows);
-* ``ours, x @ W^T FFN``: the same model with that switch off (``TRANSPOSED_MLP_MAX_ROWS = 0``);
+* ``ours, x @ W^T FFN``: the same model with that switch off
+  (``routevit.runtime.set_policy(transposed_mlp_max_rows=0)``);
 * ``timm``: timm's ``deit_base_patch16_224``;
 * ``ours, oneDNN`` / ``timm, oneDNN``: every ``F.linear`` of the model replaced by oneDNN's
   matmul with weights reordered once in advance (``torch.ops.mkldnn._reorder_linear_weight``,
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 import routevit
-from routevit.layers import blocks
 
 _PLAIN_LINEAR = F.linear
 _packed: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
@@ -41,16 +41,16 @@ def _onednn_linear(x, weight, bias=None):
 
 @contextlib.contextmanager
 def variant(onednn: bool = False, transposed_ffn: bool = True):
-    saved = blocks.TRANSPOSED_MLP_MAX_ROWS
+    saved = routevit.runtime.set_policy()  # the current policy, unchanged
     if not transposed_ffn:
-        blocks.TRANSPOSED_MLP_MAX_ROWS = 0
+        routevit.runtime.set_policy(transposed_mlp_max_rows=0)
     if onednn:  # nn.Linear and our attention both call torch.nn.functional.linear
         F.linear = _onednn_linear
     try:
         yield
     finally:
         F.linear = _PLAIN_LINEAR
-        blocks.TRANSPOSED_MLP_MAX_ROWS = saved
+        routevit.runtime.set_policy(transposed_mlp_max_rows=saved.transposed_mlp_max_rows)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 
 Usage: ``python docs/scripts/mlp_orientation.py [--rows 50,100,...] [--rounds 15]``
 
-The numbers behind ``routevit.layers.blocks.TRANSPOSED_MLP_MAX_ROWS``.
+The numbers behind ``routevit.runtime.RuntimePolicy.transposed_mlp_max_rows``.
 """
 
 from __future__ import annotations
