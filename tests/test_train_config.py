@@ -104,3 +104,22 @@ def test_cli_reports_recipe_and_data_errors(tmp_path: Path, capsys: pytest.Captu
     assert f"data folder {str(missing)!r} does not exist" in capsys.readouterr().err
     assert main(["train", str(_write(tmp_path, {})), "--output", str(tmp_path / "o")]) == 2
     assert "pass --data DIR" in capsys.readouterr().err
+
+
+def test_both_tasks_read_a_schedule_from_the_recipe():
+    """A schedule written in YAML reaches the classifier (layout) and the SAM encoder (schedule)."""
+    from routevit.layers import Schedule
+    from routevit.train.build import build_student
+    from routevit.train.config import model_kwargs
+    from routevit.train.sam_task import encoder_overrides
+
+    mapping = {"kinds": ["full", "performance", "big_little"], "predict_after": [1]}
+    r = recipe_from_dict({"model": {"name": "blvit_deit_s_t", "num_classes": 3, "img_size": 32,
+                                    "kwargs": {"depth": 3, "layout": mapping}}})
+    model = build_student(r.model, pretrained=False)
+    assert model.config.schedule == Schedule(("full", "performance", "big_little"), (1,))
+    sam = recipe_from_dict({"task": "sam", "model": {"name": "blvit_sam_b_t", "img_size": 64,
+                                                     "kwargs": {"depth": 3, "schedule": mapping}}})
+    assert encoder_overrides(sam)["schedule"] == Schedule(("full", "performance", "big_little"), (1,))
+    with pytest.raises(ValueError, match="kinds and predict_after"):
+        model_kwargs({"layout": {"kind": ["full"]}})

@@ -18,7 +18,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from .checkpoint import load_weights, resolve_checkpoint
-from .config import ModelConfig, Recipe, load_recipe
+from .config import ModelConfig, Recipe, load_recipe, model_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def build_student(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
         "num_classes": cfg.num_classes,
         "img_size": cfg.img_size,
         "drop_path_rate": cfg.drop_path_rate,
-        **cfg.kwargs,
+        **model_kwargs(cfg.kwargs),
     }
     if cfg.keep_ratio is not None:
         kwargs["keep_ratio"] = cfg.keep_ratio
@@ -126,7 +126,7 @@ def build_teacher(recipe: Recipe) -> nn.Module | None:
         kwargs = {
             "num_classes": recipe.model.num_classes,
             "img_size": recipe.model.img_size,
-            **d.teacher_kwargs,
+            **model_kwargs(d.teacher_kwargs),
         }
         if ckpt is None:
             if _is_routevit(d.teacher):

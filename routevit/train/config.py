@@ -23,7 +23,29 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..layers.schedule import Schedule
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+# model.kwargs keys whose YAML mapping ``{kinds: [...], predict_after: [...]}`` is a Schedule:
+# ``layout`` of the classifiers (BigLittleViTConfig), ``schedule`` of the SAM encoders.
+SCHEDULE_KEYS = ("layout", "schedule")
+
+
+def model_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``model.kwargs`` (or ``distill.teacher_kwargs``) for a model factory: a schedule written
+    as a mapping becomes a :class:`~routevit.layers.Schedule`, for either task."""
+    out = dict(kwargs)
+    for key in SCHEDULE_KEYS:
+        value = out.get(key)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {"kinds", "predict_after"})
+            if unknown or "kinds" not in value:
+                raise ValueError(
+                    f"model.kwargs.{key} as a mapping has the keys kinds and predict_after, got "
+                    f"{sorted(value)}"
+                )
+            out[key] = Schedule(tuple(value["kinds"]), tuple(value.get("predict_after", ())))
+    return out
 
 
 @dataclass(frozen=True)

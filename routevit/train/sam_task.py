@@ -50,9 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..layers.encoder import Schedule
 from .checkpoint import load_weights, resolve_checkpoint
-from .config import Recipe, load_recipe
+from .config import Recipe, load_recipe, model_kwargs
 from .data import ResumableSampler, ShardSampler, _ignore_stop_signals, resumable_loader
 from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from .losses import feature_distillation_loss
@@ -68,23 +67,11 @@ BEST_METRIC = "val_miou_avg"
 # models
 
 
-def _schedule(value: Any) -> Any:
-    """A schedule from YAML (``{kinds: [...], predict_after: [...]}``) -> :class:`Schedule`."""
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {"kinds", "predict_after"})
-        if unknown:
-            raise ValueError(f"a schedule mapping has keys kinds and predict_after, got also {unknown}")
-        return Schedule(tuple(value["kinds"]), tuple(value.get("predict_after", ())))
-    return value
-
-
 def encoder_overrides(recipe: Recipe, teacher: bool = False) -> dict[str, Any]:
     """The SAM encoder options of a recipe: ``img_size`` (model.img_size), drop path and keep
     ratio (student only), then ``model.kwargs`` / ``distill.teacher_kwargs``."""
     m = recipe.model
-    extra = dict(recipe.distill.teacher_kwargs if teacher else m.kwargs)
-    if "schedule" in extra:
-        extra["schedule"] = _schedule(extra["schedule"])
+    extra = model_kwargs(recipe.distill.teacher_kwargs if teacher else m.kwargs)
     out: dict[str, Any] = {"img_size": m.img_size}
     if not teacher:
         out["drop_path_rate"] = m.drop_path_rate
