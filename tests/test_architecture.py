@@ -120,3 +120,14 @@ def test_every_model_has_its_facts(name):
         assert model_info(info.vanilla).task == "sam" and model_info(info.vanilla).vanilla is None
     elif info.vanilla is not None:
         assert info.vanilla in timm.list_models()
+
+
+def test_the_engine_runs_tasks_through_the_task_interface():
+    from routevit.train.config import recipe_from_dict
+    from routevit.train.tasks import TASKS, ClassificationTask, SamTask, get_task
+
+    engine = (PACKAGE / "train" / "engine.py").read_text()
+    assert ".task ==" not in engine and '"sam"' not in engine
+    assert TASKS == {"classification": ClassificationTask, "sam": SamTask}
+    assert isinstance(get_task(recipe_from_dict({"task": "sam"})), SamTask)
+    assert SamTask.find_unused_parameters and not ClassificationTask.find_unused_parameters

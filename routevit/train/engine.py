@@ -30,20 +30,12 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
-from .build import (
-    WithFeatures,
-    build_optimizer,
-    build_scheduler,
-    build_student,
-    build_teacher,
-    teacher_features,
-)
+from .build import build_optimizer, build_scheduler
 from .config import Recipe, load_recipe, recipe_diff, recipe_to_dict
-from .data import Batch, build_mixup, derive_seed, eval_loader, find_splits, local_batch_size, train_loader
+from .data import derive_seed, local_batch_size
 from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, init_distributed
-from .evaluate import autocast, evaluate_model
 from .logs import MetricsLog, Progress
-from .losses import DistillationLoss, supervised_loss
+from .tasks import get_task
 
 logger = logging.getLogger("routevit.train")
 
@@ -126,11 +118,11 @@ class _Run:
             )
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.mixup = None
-        if r.task == "sam":
-            net, description = self._setup_sam()
-        else:
-            net, description = self._setup_classification()
+        self.task = get_task(r)
+        parts = self.task.setup(info, lambda: seed_all(derive_seed(t.seed)))
+        self.student, self.teacher, net = parts.student, parts.teacher, parts.net
+        self.loader, self.sampler, self.val_loader = parts.loader, parts.sampler, parts.val_loader
+        self.best_key = self.task.best_metric
         self.global_batch = t.batch_size
         self.steps_per_epoch = self.sampler.num_samples // local_batch_size(t.batch_size, info.world_size)
         self.optimizer = build_optimizer(self.student, r)
@@ -145,8 +137,7 @@ class _Run:
         if info.distributed:
             net = DistributedDataParallel(
                 net, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                # SAM: a batch may hold no box (or no point) prompt, leaving prompt embeddings unused
-                find_unused_parameters=r.task == "sam",
+                find_unused_parameters=self.task.find_unused_parameters,
             )
         self.net = net
         self.metrics = MetricsLog(
@@ -156,66 +147,12 @@ class _Run:
         self.train_seconds, self.train_images = 0.0, 0
         if info.is_main:
             ckpt.atomic_write_text(self.out / "recipe.yaml", _yaml(r))
+            description = parts.description
             logger.info(
                 "training %s on %s, %d steps/epoch of %d images, %d process(es) on %s, distillation %s",
                 r.model.name, description, self.steps_per_epoch, t.batch_size, info.world_size, info.device,
                 f"from {r.distill.teacher} (lambda_fd {r.distill.lambda_fd})" if self.teacher else "off",
             )  # fmt: skip
-
-    def _setup_classification(self) -> tuple[torch.nn.Module, str]:
-        """Student, teacher, loaders and loss of ``task: classification``; returns the module
-        the step calls (before DDP) and a description of the data."""
-        r, info = self.recipe, self.info
-        splits = find_splits(r)
-        if len(splits.classes) != r.model.num_classes:
-            raise ValueError(
-                f"the data has {len(splits.classes)} classes but model.num_classes is {r.model.num_classes}"
-            )
-        seed_all(derive_seed(r.train.seed))
-        self.student = build_student(r.model).to(info.device)
-        self.teacher = build_teacher(r)
-        if self.teacher is not None:
-            self.teacher.to(info.device)
-        self.feature = r.distill.feature if self.teacher is not None else None
-        self.mixup = build_mixup(r, r.model.num_classes)
-        self.loader, self.sampler = train_loader(splits.train, r, info, self.mixup is not None)
-        self.val_loader = eval_loader(splits.val, r, info, self.loader.batch_size) if splits.val else None
-        self.loss_fn = DistillationLoss(supervised_loss(self.mixup is not None, r.augment.label_smoothing),
-                                        r.distill.lambda_fd)  # fmt: skip
-        self.best_key = "val_top1"
-        return WithFeatures(self.student, self.feature), (
-            f"{len(splits.train)} images ({len(splits.classes)} classes)"
-        )
-
-    def _setup_sam(self) -> tuple[torch.nn.Module, str]:
-        """The same for ``task: sam`` (see :mod:`routevit.train.sam_task`)."""
-        from .sam_task import (
-            BEST_METRIC,
-            PromptedSam,
-            build_sam_student,
-            build_sam_teacher,
-            sam_eval_loader,
-            sam_loss_from_recipe,
-            sam_train_loader,
-        )
-
-        r, info = self.recipe, self.info
-        self.loader, self.sampler = sam_train_loader(r, info)
-        self.val_loader = None
-        if r.sam.val_annotations is not None:
-            if r.sam.val_images is None:
-                raise ValueError("recipe key sam.val_annotations needs sam.val_images (the images folder)")
-            self.val_loader = sam_eval_loader(
-                r.sam.val_annotations, r.sam.val_images, r, info, self.loader.batch_size, r.sam.val_max_images
-            )
-        seed_all(derive_seed(r.train.seed))
-        self.student = build_sam_student(r).to(info.device)
-        self.teacher = build_sam_teacher(r)
-        if self.teacher is not None:
-            self.teacher.to(info.device)
-        self.loss_fn = sam_loss_from_recipe(r)
-        self.best_key = BEST_METRIC
-        return PromptedSam(self.student), f"{len(self.loader.dataset)} SA-1B-style images"
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -274,38 +211,11 @@ class _Run:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _classification_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        dev, amp = self.info.device, self.recipe.train.amp
-        x = batch.images.to(dev, non_blocking=True)
-        y = batch.targets.to(dev, non_blocking=True)
-        n = len(y)
-        if self.mixup is not None:
-            x, y = self.mixup(x, y)
-        with autocast(dev, amp):
-            logits, feat = self.net(x)
-            t_feat = teacher_features(self.teacher, x, self.feature) if self.teacher else None
-            loss, parts = self.loss_fn(logits, y, feat, t_feat)
-        return loss, parts, n
-
-    def _sam_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        dev, amp = self.info.device, self.recipe.train.amp
-        x = batch.images.to(dev, non_blocking=True)
-        with autocast(dev, amp):
-            emb, outputs = self.net(x, batch.targets)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_emb = self.teacher(x)
-            else:
-                t_emb = None
-            loss, parts = self.loss_fn(outputs, batch.targets, emb, t_emb)
-        return loss, parts, len(batch.targets)
-
     def _step(self, batch: Any) -> dict[str, float] | None:
         """One optimizer step; None when a stop was requested (nothing changed)."""
         dev, t = self.info.device, self.recipe.train
         seed_all(derive_seed(t.seed, self.step, self.info.rank))
-        forward_loss = self._sam_loss if self.recipe.task == "sam" else self._classification_loss
-        loss, parts, n_local = forward_loss(batch)
+        loss, parts, n_local = self.task.loss(self.net, self.teacher, batch, dev)
         # Every rank must take the same branch below, so the flags are summed over ranks first.
         # The loss parts' names are the same on every rank (they depend on the recipe only).
         names = list(parts)
@@ -385,27 +295,10 @@ class _Run:
         return True
 
     def _validate(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
         if self.val_loader is None:
-            return out
-        if self.recipe.task == "sam":
-            from .sam_task import evaluate_sam
-
-            ema = self.ema.module if self.ema is not None else None
-            for prefix, model in (("val_", self.student), ("val_ema_", ema)):
-                if model is not None:
-                    res = evaluate_sam(model, self.val_loader, self.info.device, self.recipe.train.amp)
-                    out.update({f"{prefix}{k}": v for k, v in res.items() if k.startswith("miou")})
-            out["val_masks"] = res["masks"]
-            return out
-        res = evaluate_model(self.student, self.val_loader, self.info.device, self.recipe.train.amp)
-        out.update(val_top1=res["top1"], val_top5=res["top5"], val_images=res["images"])
-        if self.ema is not None:
-            res_ema = evaluate_model(
-                self.ema.module, self.val_loader, self.info.device, self.recipe.train.amp
-            )
-            out.update(val_ema_top1=res_ema["top1"], val_ema_top5=res_ema["top5"])
-        return out
+            return {}
+        ema = self.ema.module if self.ema is not None else None
+        return self.task.validate(self.student, ema, self.val_loader, self.info.device)
 
     def run(self) -> TrainResult:
         r = self.recipe

@@ -60,7 +60,6 @@ from .sam_data import CocoMaskDataset, SA1BDataset, SamEvalTarget, SamTarget, co
 logger = logging.getLogger("routevit.train")
 
 SETTINGS = ("1pt", "3pt", "box")
-BEST_METRIC = "val_miou_avg"
 
 
 # ---------------------------------------------------------------------------------------------
