@@ -335,23 +335,20 @@ def coco_mask_ap(gt: Any, results: Sequence[Mapping[str, Any]], image_ids: Seque
     return {**out, "stats": stats, "summary": summary}
 
 
-def _progress(total: int, enabled: bool | None) -> Any:
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, unit="image", desc="instance masks", disable=not show, dynamic_ncols=True)
-
-
 def predict_results(
     predictor: BoxPromptPredictor, task: InstanceTask, chunk: int = 64, num_workers: int = 0,
     progress: bool | None = None,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """COCO segmentation results ``{image_id, category_id, segmentation (RLE), score}``, image
-    by image (the predictor sees each image once, then its boxes in chunks of ``chunk``)."""
+    by image (the predictor sees each image once, then its boxes in chunks of ``chunk``). The
+    progress bar shows when ``progress`` is True, or when None and stderr is a terminal."""
+    from tqdm import tqdm
+
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     loader = DataLoader(_Images(task), batch_size=None, num_workers=num_workers, collate_fn=_identity)
-    with _progress(len(task.files), progress) as bar:
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(task.files), unit="image", desc="instance masks", disable=not show) as bar:
         for img_id, image, error in loader:
             if error is not None:
                 raise ValueError(error)
@@ -360,8 +357,7 @@ def predict_results(
             for start in range(0, len(dets.boxes), chunk):
                 masks = predictor.predict_boxes(dets.boxes[start : start + chunk])
                 n = min(chunk, len(dets.boxes) - start)
-                if masks.shape != (n, *image.shape[:2]):
-                    h, w = image.shape[:2]
+                if masks.shape != (n, h := image.shape[0], w := image.shape[1]):
                     raise ValueError(f"the predictor returned masks {tuple(masks.shape)} for {n} boxes on "
                                      f"a {h}x{w} image; expected ({n}, {h}, {w})")  # fmt: skip
                 for j, rle in enumerate(encode_masks(masks.bool())):
@@ -379,9 +375,6 @@ def run_instances(
     results = list(predict_results(predictor, task, chunk, num_workers, progress))
     predicted = time.perf_counter() - start
     out = coco_mask_ap(task.gt, results, task.image_ids)
-    without = len(task.image_ids) - len(task.detections)
-    if without:
-        logger.info("%d of the %d evaluated images have no detection", without, len(task.image_ids))
     out.update(detections=len(results), detections_in_file=task.detections_in_file,
                images=len(task.image_ids), images_with_detections=len(task.detections),
                seconds=time.perf_counter() - start, predict_seconds=predicted)  # fmt: skip
