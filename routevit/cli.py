@@ -71,6 +71,9 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_command(
         args.checkpoint, args.data, args.batch_size, args.ema, args.workers, args.device,
         args.annotations, args.images, args.max_images, args.seed, args.out, args.keep_ratio,
+        task=args.task, detections=args.detections, score_threshold=args.score_threshold,
+        max_detections=args.max_detections, multimask=args.multimask, bf16=args.bf16,
+        box_chunk=args.box_chunk,
     )  # fmt: skip
 
 
@@ -165,8 +168,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: top-1/top-5, GMACs and images/s (classification) or "
-        "1-point / 3-point / box mIoU (task sam)",
+        help="evaluate a checkpoint: top-1/top-5, GMACs and images/s (classification), "
+        "1-point / 3-point / box mIoU or instance mask AP with detector boxes (task sam)",
+        description="Evaluate a checkpoint. Exit status: 0 done, 2 bad checkpoint, data or option.",
     )
     ev.add_argument("checkpoint", help="checkpoint directory, or a run folder (its best checkpoint)")
     ev.add_argument("--data", help="dataset root laid out as in the training recipe (default: the recipe's); "
@@ -182,7 +186,20 @@ def _build_parser() -> argparse.ArgumentParser:
     sam.add_argument("--images", help="folder of its images (default: the recipe's sam.val_images)")
     sam.add_argument("--max-images", type=int, help="only the first N images by id")
     sam.add_argument("--seed", type=int, help="seed of the point prompts (default: sam.eval_seed)")
-    sam.add_argument("--out", help="JSON result file (default: sam_eval_<checkpoint>.json in the run folder)")
+    sam.add_argument("--out", help="JSON result file (default: sam_eval_<checkpoint>.json, or "
+                     "sam_instances_<checkpoint>.json for --task instances, in the run folder)")  # fmt: skip
+    sam.add_argument("--task", choices=("miou", "instances"), default="miou",
+                     help="miou: 1 point / 3 points / box mIoU on the annotations' masks (default); "
+                     "instances: COCO mask AP of the masks that --detections' boxes prompt")  # fmt: skip
+    sam.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only; ignored on CPU)")
+    inst = ev.add_argument_group("instance AP (--task instances)")
+    inst.add_argument("--detections", help="detector boxes: COCO results JSON, a list of "
+                      "{image_id, category_id, bbox [x, y, w, h], score}")  # fmt: skip
+    inst.add_argument("--score-threshold", type=float, help="keep detections with score >= this (default 0)")
+    inst.add_argument("--max-detections", type=int, help="at most N per image, by score (default 100)")
+    inst.add_argument("--multimask", action="store_true",
+                      help="best of SAM's 3 masks by predicted IoU instead of its single box output")
+    inst.add_argument("--box-chunk", type=int, help="boxes per mask decoder call (default 64)")
     ev.set_defaults(func=_eval)
 
     vis = sub.add_parser(

@@ -89,27 +89,63 @@ def eval_command(
     seed: int | None = None,
     out: str | None = None,
     keep_ratio: float | None = None,
+    task: str = "miou",
+    detections: str | None = None,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    multimask: bool = False,
+    bf16: bool = False,
+    box_chunk: int | None = None,
 ) -> int:
     """``routevit eval``: a classification checkpoint prints its metrics as one JSON object; a
-    ``task: sam`` checkpoint prints an mIoU table (1 point, 3 points, box) and writes the JSON
-    to ``out`` (default: beside the run's checkpoints)."""
+    ``task: sam`` checkpoint prints an mIoU table (1 point, 3 points, box; ``task="miou"``) or
+    the instance mask AP with detector boxes (``task="instances"``) and writes the JSON to
+    ``out`` (default: beside the run's checkpoints)."""
     _setup_logging()
+    instance_flags = {"--detections": detections, "--score-threshold": score_threshold,
+                      "--max-detections": max_detections, "--multimask": multimask or None,
+                      "--box-chunk": box_chunk}  # fmt: skip
     try:
+        if task not in ("miou", "instances"):
+            raise ValueError(f"--task must be 'miou' or 'instances', got {task!r}")
         ckpt = resolve_checkpoint(checkpoint)
-        if load_recipe(ckpt / "recipe.yaml").task == "sam":
+        is_sam = load_recipe(ckpt / "recipe.yaml").task == "sam"
+        if task == "instances" and is_sam:
+            from .sam_instances import evaluate_instances_checkpoint, format_instances_table
+
+            if seed is not None or batch_size is not None:
+                raise ValueError("--seed and --batch-size apply to --task miou only (instance AP prompts "
+                                 "with the detections, one image at a time)")  # fmt: skip
+            result = evaluate_instances_checkpoint(
+                ckpt, detections, annotations, images or data, max_images,
+                0.0 if score_threshold is None else score_threshold,
+                100 if max_detections is None else max_detections, multimask, box_chunk or 64, device, bf16,
+                num_workers, ema=ema, out=out, keep_ratio=keep_ratio,
+            )  # fmt: skip
+            print(format_instances_table(result))
+            print(f"written to {result['json']}")
+            return 0
+        if task == "instances":
+            raise ValueError(f"--task instances needs a task: sam checkpoint; {str(ckpt)!r} is not one")
+        given = [flag for flag, value in instance_flags.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --task instances only (SAM checkpoints)")
+        if is_sam:
+            from .sam_instances import amp_for, resolve_device
             from .sam_task import evaluate_sam_checkpoint, format_table
 
             result = evaluate_sam_checkpoint(
                 ckpt, annotations, images or data, batch_size or 1, max_images, seed, num_workers, device,
-                ema=ema, out=out, keep_ratio=keep_ratio,
+                amp=amp_for(resolve_device(device), bf16), ema=ema, out=out, keep_ratio=keep_ratio,
             )  # fmt: skip
             if int(os.environ.get("RANK", "0")) == 0:
                 print(format_table(result))
                 print(f"written to {result['json']}")
             return 0
-        if annotations or images or max_images is not None or seed is not None or out:
+        if annotations or images or max_images is not None or seed is not None or out or bf16:
             raise ValueError(
-                "--annotations, --images, --max-images, --seed and --out apply to SAM checkpoints only"
+                "--annotations, --images, --max-images, --seed, --out and --bf16 apply to SAM checkpoints "
+                "only"
             )
         result = evaluate_checkpoint(
             ckpt, data, batch_size or 256, ema=ema, num_workers=num_workers, device=device,
