@@ -32,19 +32,31 @@ def _ratios(text: str) -> list[float]:
 def _bench(args: argparse.Namespace) -> int:
     from .bench_pairs import run
 
-    report = run(
-        args.model,
-        batch_sizes=args.batch_sizes,
-        keep_ratio=args.keep_ratio,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        min_seconds=args.min_seconds,
-        bf16=args.bf16,
-        sweep=args.sweep,
-        sweep_batch=args.sweep_batch,
-        compile_models=args.compile,
-        device=args.device,
-    )
+    if args.peers:
+        from .bench_peers import run_peers
+
+        report = run_peers(
+            args.model, dtype=args.dtype, autocast=args.bf16, compile_models=args.compile,
+            batch_sizes=args.batch_sizes, keep_ratio=args.keep_ratio, warmup=args.warmup,
+            repeats=args.repeats, min_seconds=args.min_seconds, device=args.device,
+        )  # fmt: skip
+    elif args.dtype != "fp32":
+        print("routevit bench: error: --dtype applies to --peers (use --bf16 for autocast)", file=sys.stderr)
+        return 2
+    else:
+        report = run(
+            args.model,
+            batch_sizes=args.batch_sizes,
+            keep_ratio=args.keep_ratio,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            min_seconds=args.min_seconds,
+            bf16=args.bf16,
+            sweep=args.sweep,
+            sweep_batch=args.sweep_batch,
+            compile_models=args.compile,
+            device=args.device,
+        )
     print(report)
     if args.out:
         with open(args.out, "w") as out:
@@ -143,6 +155,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="each timed run repeats the forward pass until it lasts about this long (default 1)",
     )
     bench.add_argument("--bf16", action="store_true", help="time under bfloat16 autocast")
+    bench.add_argument(
+        "--peers", action="store_true",
+        help="one table: the vanilla DeiT, the bLViT model, EViT and ToMe at its MACs, DeiT-S",
+    )  # fmt: skip
+    bench.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="with --peers: cast weights and inputs"
+    )
     bench.add_argument("--sweep", type=_ratios, default=[], help="keep ratios to sweep, e.g. 0.1,0.25,1")
     bench.add_argument("--sweep-batch", type=int, default=1)
     bench.add_argument("--compile", action="store_true", help="torch.compile both models first")

@@ -1,0 +1,158 @@
+"""``routevit bench --peers``: one same-run table of a bLViT classifier against the model a user
+could pick instead: its vanilla DeiT, the token-reduction peers EViT and ToMe at the bLViT
+model's MACs (their keep rate / r chosen here and printed), and DeiT-S for scale.
+
+Every figure is a median of alternating rounds against the vanilla model (``bench.time_pair``),
+in one precision per run: fp32, bf16 weights (``--dtype bf16``, the model and its input cast),
+or bf16 autocast on fp32 weights (``--bf16``); eager or ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .bench import time_pair
+from .bench_pairs import machine_summary
+from .flops import count
+from .models import create_model, model_info
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+EVIT_LAYERS = (4, 7, 10)  # EViT's DeiT setting: prune after blocks 4, 7 and 10 (1-based)
+SCALE_MODEL = {"deit_base_patch16_224": "deit_small_patch16_224"}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A model in the table, how it was set up, and its GMACs per image."""
+
+    label: str
+    model: nn.Module
+    setting: str
+    gmacs: float
+
+
+def _timm(name: str, meta: bool = False) -> nn.Module:
+    """A timm model; on the meta device (no weights allocated) for MAC counting."""
+    import timm
+
+    with torch.device("meta" if meta else "cpu"):
+        return timm.create_model(name, pretrained=False).eval()
+
+
+def match_evit(
+    baseline: str, target_gmacs: float, input_size: tuple[int, int, int]
+) -> tuple[float, float]:
+    """EViT's keep rate (pruning at :data:`EVIT_LAYERS`) whose GMACs are closest to ``target``:
+    bisection, MACs grow with the keep rate. Returns ``(keep_rate, gmacs)``."""
+    from .baselines import patch_evit
+
+    def gmacs(rate: float) -> float:
+        return count(patch_evit(_timm(baseline, meta=True), rate, EVIT_LAYERS), input_size)
+
+    lo, hi = 0.05, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gmacs(mid) < target_gmacs else (lo, mid)
+    rate = round(min((lo, hi), key=lambda r: abs(gmacs(r) - target_gmacs)), 3)
+    return rate, gmacs(rate)
+
+
+def match_tome(baseline: str, target_gmacs: float, input_size: tuple[int, int, int]) -> tuple[int, float]:
+    """ToMe's r (tokens merged per block) whose GMACs are closest to ``target``; MACs fall as r
+    grows. Returns ``(r, gmacs)``."""
+    from .baselines import patch_tome
+
+    def gmacs(r: int) -> float:
+        return count(patch_tome(_timm(baseline, meta=True), r), input_size)
+
+    lo, hi = 0, (input_size[1] // 16) ** 2 // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if gmacs(mid) > target_gmacs else (lo, mid)
+    r = min((lo, hi), key=lambda v: abs(gmacs(v) - target_gmacs))
+    return r, gmacs(r)
+
+
+def contenders(name: str, keep_ratio: float | None = None) -> tuple[Contender, list[Contender]]:
+    """The vanilla baseline and the rest of the table (bLViT, EViT, ToMe, the smaller DeiT)."""
+    from .baselines import patch_evit, patch_tome
+
+    info = model_info(name)
+    if info.task != "classification" or info.bench_baseline is None:
+        raise ValueError(
+            f"--peers compares classifiers with a timm baseline; {name!r} is a {info.task} model"
+        )
+    size, base_name = info.input_size, info.bench_baseline
+    torch.manual_seed(0)
+    blvit = create_model(name).eval()
+    if keep_ratio is not None:
+        blvit.set_keep_ratio(keep_ratio)
+    target = count(blvit, size)
+    baseline = _timm(base_name)
+    rate, evit_macs = match_evit(base_name, target, size)
+    r, tome_macs = match_tome(base_name, target, size)
+    rest = [
+        Contender(name, blvit, f"keep_ratio {blvit.keep_ratio}", target),
+        Contender("EViT", patch_evit(_timm(base_name), rate, EVIT_LAYERS), f"keep {rate} at {EVIT_LAYERS}",
+                  evit_macs),  # fmt: skip
+        Contender("ToMe", patch_tome(_timm(base_name), r), f"r={r}", tome_macs),
+    ]
+    if base_name in SCALE_MODEL:
+        small = _timm(SCALE_MODEL[base_name])
+        rest.append(Contender(SCALE_MODEL[base_name], small, "vanilla", count(small, size)))
+    return Contender(base_name, baseline, "vanilla", count(baseline, size)), rest
+
+
+def run_peers(
+    name: str = "blvit_deit_b_t",
+    *,
+    dtype: str = "fp32",
+    autocast: bool = False,
+    compile_models: bool = False,
+    batch_sizes: Sequence[int] = (1, 32),
+    keep_ratio: float | None = None,
+    warmup: int = 2,
+    repeats: int = 7,
+    min_seconds: float = 1.0,
+    device: str = "cpu",
+) -> str:
+    """The Markdown table of :mod:`routevit.bench_peers` (see the module docstring)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if autocast and dtype != "fp32":
+        raise ValueError("--bf16 (autocast) runs on fp32 weights; pass --dtype fp32 with it")
+    baseline, rest = contenders(name, keep_ratio)
+    size = model_info(name).input_size
+    cast: Callable[[nn.Module], nn.Module] = lambda m: m.to(device=device, dtype=DTYPES[dtype]).eval()  # noqa: E731
+    run = (lambda m: torch.compile(m)) if compile_models else (lambda m: m)  # noqa: E731
+    base_model = run(cast(baseline.model))
+    precision = "bf16 autocast" if autocast else f"{dtype} weights"
+    lines = [
+        f"# routevit bench --peers {name}",
+        "",
+        f"{machine_summary()}; {precision}; {'torch.compile' if compile_models else 'eager'}; "
+        f"speed-up = median over {repeats} alternating rounds of (time of {baseline.label} / time of the "
+        f"model), after {warmup} warm-up rounds; each run about {min_seconds:g} s of passes.",
+        "",
+        "| model | setting | GMACs | MAC ratio | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(batch_sizes),
+        f"| {baseline.label} | vanilla | {baseline.gmacs:.2f} | 1.00x | "
+        + " | ".join("1.00x" for _ in batch_sizes) + " |",
+    ]
+    for c in rest:
+        model = run(cast(c.model))
+        cells = []
+        for b in batch_sizes:
+            t = time_pair(
+                model, base_model, lambda n: torch.randn(n, *size, device=device, dtype=DTYPES[dtype]), b,
+                warmup=warmup, repeats=repeats, bf16=autocast, min_seconds=min_seconds,
+            )
+            cells.append(f"{t.speedup:.2f}x ({t.candidate_images_per_s:.1f} img/s)")
+        lines.append(f"| {c.label} | {c.setting} | {c.gmacs:.2f} | {baseline.gmacs / c.gmacs:.2f}x | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", "GMACs in the paper's convention (Linear and Conv layers; see routevit.flops)."]
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""``routevit bench --peers``: the peers' settings are the ones closest to the bLViT model's MACs."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("timm")
+
+from routevit.baselines import patch_evit, patch_tome  # noqa: E402
+from routevit.bench_peers import EVIT_LAYERS, _timm, match_evit, match_tome, run_peers  # noqa: E402
+from routevit.cli import main  # noqa: E402
+from routevit.flops import count  # noqa: E402
+
+SIZE = (3, 224, 224)
+BASE = "deit_tiny_patch16_224"
+
+
+def test_tome_r_is_the_closest_to_the_target_of_every_r():
+    target = 0.75 * count(_timm(BASE, meta=True), SIZE)
+    r, gmacs = match_tome(BASE, target, SIZE)
+    scan = {v: count(patch_tome(_timm(BASE, meta=True), v), SIZE) for v in range(0, 30)}
+    assert gmacs == scan[r]
+    assert abs(scan[r] - target) == min(abs(g - target) for g in scan.values())
+
+
+def test_evit_keep_rate_lands_on_the_target():
+    target = 0.7 * count(_timm(BASE, meta=True), SIZE)
+    rate, gmacs = match_evit(BASE, target, SIZE)
+    assert gmacs == count(patch_evit(_timm(BASE, meta=True), rate, EVIT_LAYERS), SIZE)
+    step = min(abs(count(patch_evit(_timm(BASE, meta=True), v, EVIT_LAYERS), SIZE) - target)
+               for v in (rate - 0.01, rate + 0.01))  # fmt: skip
+    assert abs(gmacs - target) <= step and abs(gmacs - target) / target < 0.01
+
+
+def test_bad_peer_options():
+    with pytest.raises(ValueError, match="autocast"):
+        run_peers(dtype="bf16", autocast=True)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        run_peers(dtype="fp16")
+    with pytest.raises(ValueError, match="classifiers"):
+        run_peers("blvit_sam_b_t")
+    assert main(["bench", "--dtype", "bf16"]) == 2
