@@ -22,10 +22,13 @@ TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "num_heads": 2, "littl
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tiny_model() -> torch.nn.Module:
+def tiny_model(inference_form: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
     model = routevit.create_model("blvit_deit_b_t", depth=4, num_classes=5, keep_ratio=0.25, **TINY)
-    return model.eval()
+    return routevit.layers.for_inference(model) if inference_form else model.eval()
+
+
+FORMS = pytest.mark.parametrize("inference_form", [False, True], ids=["trained", "inference_form"])
 
 
 @pytest.mark.parametrize(
@@ -40,8 +43,9 @@ def tiny_model() -> torch.nn.Module:
         ),
     ],
 )
-def test_torch_compile_matches_eager_without_graph_breaks(backend: str) -> None:
-    model = tiny_model()
+@FORMS
+def test_torch_compile_matches_eager_without_graph_breaks(backend: str, inference_form: bool) -> None:
+    model = tiny_model(inference_form)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, fullgraph=True)  # fullgraph: no graph break
     x = torch.randn(2, 3, 32, 32)
@@ -49,8 +53,9 @@ def test_torch_compile_matches_eager_without_graph_breaks(backend: str) -> None:
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_torch_export_matches_eager_with_dynamic_batch() -> None:
-    model = tiny_model()
+@FORMS
+def test_torch_export_matches_eager_with_dynamic_batch(inference_form: bool) -> None:
+    model = tiny_model(inference_form)
     batch = torch.export.Dim("batch", min=1, max=64)
     exported = torch.export.export(model, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
     x = torch.randn(3, 3, 32, 32)  # another input and batch size: routing is not baked in
@@ -58,10 +63,11 @@ def test_torch_export_matches_eager_with_dynamic_batch() -> None:
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_export_matches_eager() -> None:
+@FORMS
+def test_onnx_export_matches_eager(inference_form: bool) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    model = tiny_model()
+    model = tiny_model(inference_form)
     buffer = io.BytesIO()
     # the torch.export-based exporter needs onnxscript; the TorchScript one works without it
     dynamo = importlib.util.find_spec("onnxscript") is not None

@@ -18,6 +18,7 @@ from .blocks import (
     PerformanceBlock,
 )
 from .encoder import BigLittleEncoder, BlockFn, BlockSpec, default_block_fn
+from .inference import SplitSemiCrossAttention, for_inference
 from .policies import GlobalTopK, RoutingPolicy, WindowTopK
 from .relpos import decomposed_rel_pos, rel_pos_lookup, resize_rel_pos
 from .routing import ClsAttentionScorer, Router, Routes, TokenScorer, TopKDispatcher, tokens_to_keep
@@ -44,6 +45,7 @@ __all__ = [
     "RoutingPolicy",
     "Schedule",
     "SemiCrossAttention",
+    "SplitSemiCrossAttention",
     "TokenScorer",
     "TopKDispatcher",
     "WindowGrid",
@@ -51,6 +53,7 @@ __all__ = [
     "attention",
     "b_t_schedule",
     "default_block_fn",
+    "for_inference",
     "h_b_schedule",
     "schedule_for",
     "decomposed_rel_pos",

@@ -214,6 +214,17 @@ class SemiCrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         _rel_pos_tables(self, rel_pos_size, self.head_dim)
 
+    def project_q(self, x_q: torch.Tensor) -> torch.Tensor:
+        """The queries of the selected tokens: ``(B, K, C) -> (B, K, C)`` (the first third of qkv)."""
+        c, b_qkv = self.dim, self.qkv.bias
+        return F.linear(x_q, self.qkv.weight[:c], None if b_qkv is None else b_qkv[:c])
+
+    def project_kv(self, x_kv: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
+        """Keys and values of all tokens, cut into windows with a grid:
+        ``(B, N, C) -> (B * nW, T, 2C)``."""
+        c, b_qkv = self.dim, self.qkv.bias
+        return _project_windows(x_kv, self.qkv.weight[c:], None if b_qkv is None else b_qkv[c:], grid)
+
     def forward(
         self,
         x_q: torch.Tensor,
@@ -240,9 +251,7 @@ class SemiCrossAttention(nn.Module):
         windows = 1 if grid is None else grid.num_windows
         if k_len % windows != 0:
             raise ValueError(f"{k_len} queries cannot be split evenly over {windows} windows")
-        weight, b_qkv = self.qkv.weight, self.qkv.bias
-        q = F.linear(x_q, weight[:c], None if b_qkv is None else b_qkv[:c])
-        kv = _project_windows(x_kv, weight[c:], None if b_qkv is None else b_qkv[c:], grid)
+        q, kv = self.project_q(x_q), self.project_kv(x_kv, grid)
         bw, t, _ = kv.shape
         q = q.view(bw, k_len // windows, self.num_heads, self.head_dim).transpose(1, 2)
         kv = kv.view(bw, t, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -250,7 +250,9 @@ class PerformanceBlock(nn.Module):
         """Scaled FFN update of the already gathered selected tokens: ``(B, K, C) -> (B, K, C)``."""
         normed = self.norm2(selected)
         rows = normed.numel() // self.dim
-        few = runtime.transposed_mlp(rows, normed.device)
+        # W @ x^T reads the weights directly: only for plain ones (not a quantized tensor subclass)
+        plain = type(self.mlp.fc1.weight) is nn.Parameter and type(self.mlp.fc2.weight) is nn.Parameter
+        few = plain and runtime.transposed_mlp(rows, normed.device)
         update = self.mlp.forward_transposed(normed) if few else self.mlp(normed)
         return self.drop_path(self._scale(update, self.alpha_mlp, routes))
 
