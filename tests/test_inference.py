@@ -16,7 +16,10 @@ SAM = {"img_size": 64, "depth": 4, "embed_dim": 32, "num_heads": 2, "little_dim"
        "window_size": 3, "global_attn_indexes": (3,), "schedule": b_t_schedule(4)}  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "kwargs", "size"), [("blvit_deit_s_t", VIT, 32), ("blvit_sam_b_t", SAM, 64)])
+CASES = [("blvit_deit_s_t", VIT, 32), ("blvit_sam_b_t", SAM, 64)]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size"), CASES)
 def test_inference_form_is_the_same_function(name, kwargs, size):
     torch.manual_seed(0)
     model = routevit.create_model(name, **kwargs).double().eval()
