@@ -4,7 +4,8 @@ model's MACs (their keep rate / r chosen here and printed), and DeiT-S for scale
 
 Every figure is a median of alternating rounds against the vanilla model (``bench.time_pair``),
 in one precision per run: fp32, bf16 weights (``--dtype bf16``, the model and its input cast),
-or bf16 autocast on fp32 weights (``--bf16``); eager or ``torch.compile``.
+bf16 autocast on fp32 weights (``--bf16``), or int8 (``--dtype int8``: torchao's dynamic-activation
+int8 weights on every Linear; bLViT in its inference form first); eager or ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .bench_pairs import machine_summary
 from .flops import count
 from .models import create_model, model_info
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 EVIT_LAYERS = (4, 7, 10)  # EViT's DeiT setting: prune after blocks 4, 7 and 10 (1-based)
 SCALE_MODEL = {"deit_base_patch16_224": "deit_small_patch16_224"}
 
@@ -107,6 +108,24 @@ def contenders(name: str, keep_ratio: float | None = None) -> tuple[Contender, l
     return Contender(base_name, baseline, "vanilla", count(baseline, size)), rest
 
 
+def prepare(model: nn.Module, dtype: str, device: str) -> nn.Module:
+    """``model`` on ``device`` in eval mode, its weights cast (``fp32``/``bf16``) or quantized
+    (``int8``, torchao's ``Int8DynamicActivationInt8WeightConfig``; needs the ``int8`` extra)."""
+    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    if dtype != "int8":
+        return model
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as err:
+        raise ImportError("--dtype int8 needs torchao: pip install 'routevit[int8]'") from err
+    from .layers import SemiCrossAttention, for_inference
+
+    if any(type(m) is SemiCrossAttention for m in model.modules()):
+        model = for_inference(model)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model
+
+
 def run_peers(
     name: str = "blvit_deit_b_t",
     *,
@@ -127,10 +146,11 @@ def run_peers(
         raise ValueError("--bf16 (autocast) runs on fp32 weights; pass --dtype fp32 with it")
     baseline, rest = contenders(name, keep_ratio)
     size = model_info(name).input_size
-    cast: Callable[[nn.Module], nn.Module] = lambda m: m.to(device=device, dtype=DTYPES[dtype]).eval()  # noqa: E731
+    cast: Callable[[nn.Module], nn.Module] = lambda m: prepare(m, dtype, device)  # noqa: E731
     run = (lambda m: torch.compile(m)) if compile_models else (lambda m: m)  # noqa: E731
     base_model = run(cast(baseline.model))
-    precision = "bf16 autocast" if autocast else f"{dtype} weights"
+    names = {"int8": "torchao dynamic int8"}
+    precision = "bf16 autocast" if autocast else names.get(dtype, f"{dtype} weights")
     lines = [
         f"# routevit bench --peers {name}",
         "",

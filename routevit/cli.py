@@ -160,7 +160,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="one table: the vanilla DeiT, the bLViT model, EViT and ToMe at its MACs, DeiT-S",
     )  # fmt: skip
     bench.add_argument(
-        "--dtype", choices=("fp32", "bf16"), default="fp32", help="with --peers: cast weights and inputs"
+        "--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+        help="with --peers: cast weights and inputs (int8: torchao dynamic int8, the int8 extra)",
     )
     bench.add_argument("--sweep", type=_ratios, default=[], help="keep ratios to sweep, e.g. 0.1,0.25,1")
     bench.add_argument("--sweep-batch", type=int, default=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 pytest.importorskip("timm")
 
@@ -40,3 +41,17 @@ def test_bad_peer_options():
     with pytest.raises(ValueError, match="classifiers"):
         run_peers("blvit_sam_b_t")
     assert main(["bench", "--dtype", "bf16"]) == 2
+
+
+def test_int8_preparation_quantizes_every_linear_of_blvit_and_timm():
+    pytest.importorskip("torchao")
+    import routevit
+    from routevit.bench_peers import prepare
+    from routevit.layers import SplitSemiCrossAttention
+
+    ours = prepare(routevit.create_model("blvit_deit_s_t", img_size=32, depth=4), "int8", "cpu")
+    theirs = prepare(_timm("deit_tiny_patch16_224"), "int8", "cpu")
+    assert any(isinstance(m, SplitSemiCrossAttention) for m in ours.modules())
+    for model in (ours, theirs):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > 1]
+        assert linears and all(type(m.weight) is not torch.nn.Parameter for m in linears)
