@@ -19,6 +19,11 @@ from torch import nn
 from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor, has_shape
 
 
+# Devices on which Routes.scatter_add accumulates with index_put (elsewhere: index_add, which is
+# CUDA's fast path). A module constant, so the tests run the index_add branch on the CPU too.
+INDEX_PUT_DEVICES: tuple[str, ...] = ("cpu",)
+
+
 def tokens_to_keep(keep_ratio: float, num_tokens: int) -> int:
     """``ceil(keep_ratio * num_tokens)``, robust to float noise (0.3 * 10 is 3, not 4)."""
     # int(): under torch.onnx's TorchScript tracer a shape entry is a 0-d tensor, which has no
@@ -118,7 +123,7 @@ class Routes:
         b, n, c = x.shape
         flat_x = x.view(b * n, c) if inplace else x.reshape(b * n, c)
         flat_rows = rows.reshape(-1, c)
-        if x.device.type == "cpu":  # CPU index_add is ~10x slower than an accumulating index_put
+        if x.device.type in INDEX_PUT_DEVICES:  # CPU index_add is ~10x slower than index_put
             put = flat_x.index_put_ if inplace else flat_x.index_put
             return put((self._flat,), flat_rows, accumulate=True).view(b, n, c)
         if inplace:
