@@ -72,11 +72,12 @@ def fake_memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, sc
                              f"{tuple(attn_bias.shape)}")  # fmt: skip
         for d in range(attn_bias.dim() - 1):
             if attn_bias.stride(d) % align:
-                reasons.append(f"attn_bias.stride(-2) % {align} != 0 (attn_bias.stride() = {attn_bias.stride()})")
+                reasons.append(f"attn_bias.stride(-2) % {align} != 0 (stride {attn_bias.stride()})")
         if attn_bias.stride(-1) > 1:
             reasons.append(f"attn_bias.stride(-1) > 1 (attn_bias.stride() = {attn_bias.stride()})")
     if reasons:
-        raise NotImplementedError("No operator found for `memory_efficient_attention_forward`: " + "; ".join(reasons))
+        found = "; ".join(reasons)
+        raise NotImplementedError(f"No operator found for `memory_efficient_attention_forward`: {found}")
     scale = 1.0 / math.sqrt(k) if scale is None else scale
     q, kk, v = (t.float().transpose(1, 2) for t in (query, key, value))  # (B, H, M, K)
     logits = (q @ kk.transpose(-2, -1)) * scale

@@ -18,7 +18,6 @@ from torch import nn
 
 from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor, has_shape
 
-
 # Devices on which Routes.scatter_add accumulates with index_put (elsewhere: index_add, which is
 # CUDA's fast path). A module constant, so the tests run the index_add branch on the CPU too.
 INDEX_PUT_DEVICES: tuple[str, ...] = ("cpu",)
