@@ -44,7 +44,7 @@ from .build import (
 )
 from .config import Recipe, load_recipe, recipe_diff, recipe_to_dict
 from .data import Batch, build_mixup, derive_seed, eval_loader, find_splits, local_batch_size, train_loader
-from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, init_distributed
+from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, host_barrier, init_distributed
 from .evaluate import autocast, evaluate_model
 from .logs import MetricsLog, Progress
 from .losses import DistillationLoss, supervised_loss
@@ -246,10 +246,19 @@ class _Run:
         logger.info("resumed from %s (epoch %d, step %d)", latest, self.epoch, self.step)
 
     def _save(self, metrics: dict[str, Any] | None = None) -> None:
-        """Collective (RNG states are gathered); rank 0 writes."""
+        """Collective (RNG states are gathered); rank 0 writes while the others wait in a host
+        barrier (not in the next step's NCCL all-reduce, whose watchdog would time out during a
+        multi-GB write)."""
         rng = _gather_rng_states(self.info)
         if not self.info.is_main:
+            host_barrier()
             return
+        try:
+            self._write_checkpoint(rng, metrics)
+        finally:
+            host_barrier()
+
+    def _write_checkpoint(self, rng: list[dict[str, Any]], metrics: dict[str, Any] | None) -> None:
         state = {
             "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "step": self.step,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
