@@ -149,8 +149,10 @@ class _Run:
         if info.distributed:
             net = DistributedDataParallel(
                 net, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                # SAM: a batch may hold no box (or no point) prompt, leaving prompt embeddings unused
-                find_unused_parameters=r.task == "sam",
+                # SAM with sam.train_decoder: a batch may hold no box (or no point) prompt, leaving
+                # prompt embeddings unused (and masks=None leaves mask_downscaling unused). Frozen
+                # (the default), the prompt encoder and decoder have no parameter for DDP to reduce.
+                find_unused_parameters=r.task == "sam" and r.sam.train_decoder,
             )
         self.net = net
         self.metrics = MetricsLog(
