@@ -75,7 +75,10 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, numpy and torch CPU generator states, and the generator of ``device`` if it is a
+    GPU: this process's own device only, so a checkpoint restores where another set of GPUs is
+    visible (``get_rng_state_all`` saved one state per visible GPU, per rank)."""
     _, key, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -87,22 +90,37 @@ def _rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
+            index = device.index or 0
+            if index >= len(cuda):
+                logger.warning("the checkpoint has no CUDA RNG state for %s; not restored", device)
+                return
+            cuda = cuda[index]
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _enable_tf32(device: torch.device) -> None:
+    """fp32 matmuls (a run with ``train.amp: none``, and the fp32 ops outside autocast) in TF32
+    on CUDA; convolutions use it by default. Off CUDA nothing changes."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
-    state = _rng_state()
+    state = _rng_state(info.device)
     if not info.distributed:
         return [state]
     out: list[Any] = [None] * info.world_size
@@ -121,6 +139,7 @@ class _Run:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        _enable_tf32(info.device)
         self.out = Path(r.run.output)
         self.ckpt_root = self.out / "checkpoints"
         if not resume and ckpt.list_checkpoints(self.ckpt_root):
@@ -243,7 +262,7 @@ class _Run:
         self.epoch, self.samples_in_epoch, self.step = st["epoch"], st["samples_in_epoch"], st["step"]
         self.best = ckpt.read_best(self.ckpt_root)
         if len(st["rng"]) == self.info.world_size:
-            _set_rng_state(st["rng"][self.info.rank])
+            _set_rng_state(st["rng"][self.info.rank], self.info.device)
         self.last_checkpoint = latest
         logger.info("resumed from %s (epoch %d, step %d)", latest, self.epoch, self.step)
 
