@@ -45,14 +45,16 @@ def _timm(name: str, meta: bool = False) -> nn.Module:
 
 
 def match_evit(
-    baseline: str, target_gmacs: float, input_size: tuple[int, int, int]
+    build: Callable[[], nn.Module], target_gmacs: float, input_size: tuple[int, int, int],
+    prune_layers: Sequence[int] = EVIT_LAYERS,
 ) -> tuple[float, float]:
-    """EViT's keep rate (pruning at :data:`EVIT_LAYERS`) whose GMACs are closest to ``target``:
-    bisection, MACs grow with the keep rate. Returns ``(keep_rate, gmacs)``."""
+    """EViT's keep rate (pruning at ``prune_layers``) on ``build()`` (a fresh vanilla timm ViT,
+    best on the meta device) whose GMACs are closest to ``target``: bisection, MACs grow with
+    the keep rate. Returns ``(keep_rate, gmacs)``."""
     from .baselines import patch_evit
 
     def gmacs(rate: float) -> float:
-        return count(patch_evit(_timm(baseline, meta=True), rate, EVIT_LAYERS), input_size)
+        return count(patch_evit(build(), rate, prune_layers), input_size)
 
     lo, hi = 0.05, 1.0
     for _ in range(12):
@@ -62,15 +64,18 @@ def match_evit(
     return rate, gmacs(rate)
 
 
-def match_tome(baseline: str, target_gmacs: float, input_size: tuple[int, int, int]) -> tuple[int, float]:
-    """ToMe's r (tokens merged per block) whose GMACs are closest to ``target``; MACs fall as r
-    grows. Returns ``(r, gmacs)``."""
+def match_tome(
+    build: Callable[[], nn.Module], target_gmacs: float, input_size: tuple[int, int, int]
+) -> tuple[int, float]:
+    """ToMe's r (tokens merged per block) on ``build()`` whose GMACs are closest to ``target``;
+    MACs fall as r grows (bisection up to half the tokens). Returns ``(r, gmacs)``."""
     from .baselines import patch_tome
 
     def gmacs(r: int) -> float:
-        return count(patch_tome(_timm(baseline, meta=True), r), input_size)
+        return count(patch_tome(build(), r), input_size)
 
-    lo, hi = 0, (input_size[1] // 16) ** 2 // 2
+    model = build()
+    lo, hi = 0, model.patch_embed.num_patches // 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if gmacs(mid) > target_gmacs else (lo, mid)
@@ -94,8 +99,8 @@ def contenders(name: str, keep_ratio: float | None = None) -> tuple[Contender, l
         blvit.set_keep_ratio(keep_ratio)
     target = count(blvit, size)
     baseline = _timm(base_name)
-    rate, evit_macs = match_evit(base_name, target, size)
-    r, tome_macs = match_tome(base_name, target, size)
+    rate, evit_macs = match_evit(lambda: _timm(base_name, meta=True), target, size)
+    r, tome_macs = match_tome(lambda: _timm(base_name, meta=True), target, size)
     rest = [
         Contender(name, blvit, f"keep_ratio {blvit.keep_ratio}", target),
         Contender("EViT", patch_evit(_timm(base_name), rate, EVIT_LAYERS), f"keep {rate} at {EVIT_LAYERS}",

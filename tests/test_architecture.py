@@ -129,5 +129,7 @@ def test_the_engine_runs_tasks_through_the_task_interface():
     engine = (PACKAGE / "train" / "engine.py").read_text()
     assert ".task ==" not in engine and '"sam"' not in engine
     assert TASKS == {"classification": ClassificationTask, "sam": SamTask}
-    assert isinstance(get_task(recipe_from_dict({"task": "sam"})), SamTask)
-    assert SamTask.find_unused_parameters and not ClassificationTask.find_unused_parameters
+    sam = get_task(recipe_from_dict({"task": "sam", "sam": {"train_decoder": True}}))
+    assert isinstance(sam, SamTask) and sam.find_unused_parameters
+    assert not get_task(recipe_from_dict({"task": "sam"})).find_unused_parameters
+    assert not get_task(recipe_from_dict({})).find_unused_parameters

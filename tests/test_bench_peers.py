@@ -18,7 +18,7 @@ BASE = "deit_tiny_patch16_224"
 
 def test_tome_r_is_the_closest_to_the_target_of_every_r():
     target = 0.75 * count(_timm(BASE, meta=True), SIZE)
-    r, gmacs = match_tome(BASE, target, SIZE)
+    r, gmacs = match_tome(lambda: _timm(BASE, meta=True), target, SIZE)
     scan = {v: count(patch_tome(_timm(BASE, meta=True), v), SIZE) for v in range(0, 30)}
     assert gmacs == scan[r]
     assert abs(scan[r] - target) == min(abs(g - target) for g in scan.values())
@@ -26,7 +26,7 @@ def test_tome_r_is_the_closest_to_the_target_of_every_r():
 
 def test_evit_keep_rate_lands_on_the_target():
     target = 0.7 * count(_timm(BASE, meta=True), SIZE)
-    rate, gmacs = match_evit(BASE, target, SIZE)
+    rate, gmacs = match_evit(lambda: _timm(BASE, meta=True), target, SIZE)
     assert gmacs == count(patch_evit(_timm(BASE, meta=True), rate, EVIT_LAYERS), SIZE)
     step = min(abs(count(patch_evit(_timm(BASE, meta=True), v, EVIT_LAYERS), SIZE) - target)
                for v in (rate - 0.01, rate + 0.01))  # fmt: skip

@@ -3,6 +3,12 @@
 Backends: ``sdpa`` (torch's scaled_dot_product_attention), ``xformers``
 (memory_efficient_attention, CUDA only), ``math`` (explicit softmax(QK^T)V, the reference for
 tests) and ``auto`` (xformers for CUDA tensors when it imports, sdpa otherwise).
+
+Whether xformers imports is resolved once per process (at the first call that could use it), so
+a call under ``torch.compile`` reads a cached module instead of importing (a graph break), and a
+broken wheel is not retried at every call. A bias that xformers' kernels refuse in its layout (16-bit
+biases need every stride but the last to be a multiple of 8, which SAM's ``(B * nW, H, Lq, 196)``
+windowed bias is not) is copied into an aligned buffer and passed as a slice of it.
 """
 
 from __future__ import annotations
@@ -24,13 +30,28 @@ BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 
 _current_backend: list[str] = ["auto"]  # a one-slot box, so the setter needs no `global`
 
+# Device types xformers has kernels for (a module constant, so tests can run a fake on the CPU).
+XFORMERS_DEVICES: tuple[str, ...] = ("cuda",)
+
+_UNRESOLVED = object()
+_xformers_box: list[object] = [_UNRESOLVED]  # xformers.ops, or None once it failed to import
+
 
 def _xformers_ops():
-    """The xformers.ops module, or None when xformers does not import."""
-    try:
-        return importlib.import_module("xformers.ops")
-    except Exception:  # ImportError, or a broken build that fails while importing
-        return None
+    """The xformers.ops module, or None when xformers does not import; imported once."""
+    ops = _xformers_box[0]
+    if ops is _UNRESOLVED:
+        try:
+            ops = importlib.import_module("xformers.ops")
+        except Exception:  # ImportError, or a broken build that fails while importing
+            ops = None
+        _xformers_box[0] = ops
+    return ops
+
+
+def _forget_xformers() -> None:
+    """Resolve xformers again at the next call (for tests that install or remove a fake)."""
+    _xformers_box[0] = _UNRESOLVED
 
 
 def get_attention_backend() -> str:
@@ -75,18 +96,40 @@ def math_attention(
     return (logits.softmax(dim=-1) @ v.float()).to(q.dtype)
 
 
+def _xformers_bias(bias: torch.Tensor, shape: tuple[int, int, int, int], dtype: torch.dtype) -> torch.Tensor:
+    """``bias`` (broadcastable to ``shape`` = ``(B, H, Lq, Lk)``) in the layout xformers'
+    memory-efficient kernels take: ``dtype`` (the query's), the full 4-D shape (broadcast
+    dimensions as stride-0 views), last stride 1 and every other stride a multiple of
+    ``128 // bits`` (8 for 16-bit). A bias that is not is copied into a buffer whose rows are
+    padded to that multiple, and returned as the ``(..., :Lk)`` slice of it (xformers' own advice);
+    the padding is never read. Differentiable (the copy's gradient flows back to ``bias``)."""
+    b, h, lq, lk = shape
+    bias = bias.to(dtype)
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    if bias.shape[-1] != lk or bias.stride(-1) != 1:  # broadcast (or strided) over the keys
+        bias = bias.expand(*bias.shape[:-1], lk).contiguous()
+    align = 128 // torch.finfo(dtype).bits
+    if any(stride % align for stride in bias.stride()[:-1]):
+        # padded before the expand, so a broadcast bias is not materialised; every stride of the
+        # padded buffer is a multiple of its row, and the expanded dimensions get stride 0
+        padded = -(-lk // align) * align
+        bias = F.pad(bias, (0, padded - lk))[..., :lk]
+    return bias.expand(b, h, lq, lk)
+
+
 def _xformers_attention(q, k, v, bias):
     ops = _xformers_ops()
     if ops is None:
         raise RuntimeError("attention backend 'xformers' needs xformers, which does not import")
-    if q.device.type != "cuda":
+    if q.device.type not in XFORMERS_DEVICES:
         raise RuntimeError(
             f"attention backend 'xformers' has no kernels for {q.device.type} tensors; "
             "use 'auto' or 'sdpa' off CUDA"
         )
     b, h, lq, d = q.shape
-    if bias is not None:  # xformers wants a dense (B, H, Lq, Lk) bias
-        bias = bias.expand(b, h, lq, k.shape[2]).to(q.dtype)
+    if bias is not None:
+        bias = _xformers_bias(bias, (b, h, lq, k.shape[2]), q.dtype)
     out = ops.memory_efficient_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
     )
@@ -105,7 +148,7 @@ def attention(
     if backend == "math":
         return math_attention(q, k, v, bias)
     if backend == "xformers" or (
-        backend == "auto" and q.device.type == "cuda" and _xformers_ops() is not None
+        backend == "auto" and q.device.type in XFORMERS_DEVICES and _xformers_ops() is not None
     ):
         return _xformers_attention(q, k, v, bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)

@@ -167,8 +167,15 @@ def _check_flag(value: object, name: str) -> None:
 
 
 def _score_scale(update: torch.Tensor, alpha: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """``(alpha * s + 1) * update``: the path that carries gradients to the router."""
-    return update * (alpha * scores + 1.0).unsqueeze(-1).to(update.dtype)
+    """``(alpha * s + 1) * update``: the path that carries gradients to the router.
+
+    Written ``update + update * (alpha * s)``: the factor ``alpha * s + 1`` in 16 bits would
+    round to 1.0 for ``alpha * s`` below ~4e-3 (bf16's spacing near 1 is 2^-7), a systematic
+    error and a silent loss of the router's share. ``alpha * s`` keeps its own precision, and
+    under autocast (``alpha`` in fp32) the result is fp32, the residual stream's dtype that
+    :meth:`Routes.scatter_add` casts the update to anyway.
+    """
+    return torch.addcmul(update, update, (alpha * scores).unsqueeze(-1))  # one kernel
 
 
 class PerformanceBlock(nn.Module):
@@ -286,9 +293,13 @@ class GatedFuse(nn.Module):
                 f"secondary must have the shape of x {tuple(x.shape)}, got {tuple(secondary.shape)}"
             )
         # x + secondary everywhere, then the selected rows get primary + (gamma - 1) * secondary:
-        # one full-size add and one index_add instead of building a fused copy.
-        gamma = self.gamma.to(secondary.dtype)
-        correction = primary + (gamma - 1.0) * routes.gather(secondary)
+        # one full-size add and one index_add instead of building a fused copy. The correction is
+        # computed on the K gathered rows in the residual's dtype, at least fp32: in bf16/fp16,
+        # gamma - 1 = -0.99999 rounds to -1.0 and the E path's share of the selected tokens
+        # vanishes (and |primary - secondary| is rounded to 8 bits).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        gathered = routes.gather(secondary).to(dtype)
+        correction = primary.to(dtype) + (self.gamma.to(dtype) - 1.0) * gathered
         return routes.scatter_add(x + secondary, correction, inplace=True)
 
 

@@ -19,6 +19,10 @@ from torch import nn
 
 from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor, has_shape
 
+# Devices on which Routes.scatter_add accumulates with index_put (elsewhere: index_add, which is
+# CUDA's fast path). A module constant, so the tests run the index_add branch on the CPU too.
+INDEX_PUT_DEVICES: tuple[str, ...] = ("cpu",)
+
 
 def tokens_to_keep(keep_ratio: float, num_tokens: int) -> int:
     """``ceil(keep_ratio * num_tokens)``, robust to float noise (0.3 * 10 is 3, not 4)."""
@@ -119,7 +123,7 @@ class Routes:
         b, n, c = x.shape
         flat_x = x.view(b * n, c) if inplace else x.reshape(b * n, c)
         flat_rows = rows.reshape(-1, c)
-        if x.device.type == "cpu":  # CPU index_add is ~10x slower than an accumulating index_put
+        if x.device.type in INDEX_PUT_DEVICES:  # CPU index_add is ~10x slower than index_put
             put = flat_x.index_put_ if inplace else flat_x.index_put
             return put((self._flat,), flat_rows, accumulate=True).view(b, n, c)
         if inplace:
@@ -237,8 +241,13 @@ class TopKDispatcher(nn.Module):
     (padding tokens, never selected) -> :class:`Routes` with ``(B, G * k)`` indices, sorted.
     Keyword ``k`` overrides the per-group count (for callers whose k is not a share of the
     group size, e.g. of the real tokens when groups are padded windows);
-    ``check_eligible=False`` skips the "every group has k eligible tokens" check, which reads a
-    value back from the device, for callers that proved it once for a fixed geometry.
+    ``check_eligible=False`` skips the "every group has k eligible tokens" check, for callers
+    that proved it once for a fixed geometry. The check reads nothing back from an accelerator:
+    off the CPU it is a device-side assertion (``torch._assert_async``; a failure surfaces at the
+    next synchronisation as a device-side assert), on the CPU a ``ValueError``.
+
+    No forward pass synchronises with the host: the always-kept positions become a mask built
+    on the device, not an index tensor copied from a Python list at every call.
     """
 
     def __init__(
@@ -285,15 +294,24 @@ class TopKDispatcher(nn.Module):
         ranking = scores.detach()
         if self.always_keep:
             self._check_always_keep(n, group, k)
-            keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
-            keep[list(self.always_keep)] = True
-            ranking = ranking.masked_fill(keep, float("inf"))
+            ranking = ranking.masked_fill(self._always_kept_mask(n, scores.device), float("inf"))
         if ineligible is not None:
             ranking = self._mask_ineligible(ranking, ineligible, group, k, check_eligible)
         ranking = ranking.view(batch, n // group, group)
         local = ranking.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
         offsets = torch.arange(0, n, group, device=scores.device).view(1, -1, 1)
         return Routes((local + offsets).view(batch, -1), scores)
+
+    def _always_kept_mask(self, n: int, device: torch.device) -> torch.Tensor:
+        """``(N,)`` bool, True at the always-kept positions, built on the device from Python ints
+        (kernel arguments): indexing with a Python list would copy an index tensor from the host
+        at every prediction layer."""
+        positions = torch.arange(n, device=device)
+        first, *rest = self.always_keep
+        mask = positions == first
+        for i in rest:
+            mask = mask | (positions == i)
+        return mask
 
     def _check_always_keep(self, n: int, group: int, k: int) -> None:
         if max(self.always_keep) >= n:
@@ -320,17 +338,31 @@ class TopKDispatcher(nn.Module):
             )
         if ineligible.device != ranking.device:
             raise TypeError(f"ineligible is on {ineligible.device} but scores are on {ranking.device}")
-        if not check:  # the caller proved the counts; no value is read back from the device
+        if not check:  # the caller proved the counts
             return ranking.masked_fill(ineligible, float("-inf"))
-        if self.always_keep and ineligible[..., list(self.always_keep)].any():
-            raise ValueError(f"always-kept positions {self.always_keep} are marked ineligible")
-        eligible_per_group = (~ineligible).reshape(-1, n // group, group).sum(-1)
-        fewest = int(eligible_per_group.min())
-        if fewest < k:
-            raise ValueError(
-                f"a group of {group} tokens has only {fewest} eligible tokens but k={k} must be "
-                f"selected in every group (keep_ratio={self.keep_ratio}); lower keep_ratio"
-            )
+        kept_but_ineligible = (
+            (ineligible & self._always_kept_mask(n, ineligible.device)).any() if self.always_keep else None
+        )
+        fewest = (~ineligible).reshape(-1, n // group, group).sum(-1).min()
+        kept_message = f"always-kept positions {self.always_keep} are marked ineligible"
+        count_message = (
+            f"a group of {group} tokens has fewer than k={k} eligible tokens, but k must be selected "
+            f"in every group (keep_ratio={self.keep_ratio}); lower keep_ratio"
+        )
+        if ranking.device.type != "cpu":
+            # Queued on the device, not read back (no host sync); a failure is a device-side
+            # assertion, reported at the next synchronisation.
+            if kept_but_ineligible is not None:
+                torch._assert_async(~kept_but_ineligible, kept_message)
+            torch._assert_async(fewest >= k, count_message)
+        else:  # on the CPU reading a value back costs nothing: a ValueError with the numbers
+            if kept_but_ineligible is not None and bool(kept_but_ineligible):
+                raise ValueError(kept_message)
+            if int(fewest) < k:
+                raise ValueError(
+                    f"a group of {group} tokens has only {int(fewest)} eligible tokens but k={k} must "
+                    f"be selected in every group (keep_ratio={self.keep_ratio}); lower keep_ratio"
+                )
         return ranking.masked_fill(ineligible, float("-inf"))
 
     def extra_repr(self) -> str:

@@ -177,6 +177,12 @@ class Batch:
     targets: torch.Tensor  # (B,)
     skipped: int  # unreadable images dropped from this batch
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory: what ``DataLoader(pin_memory=True)`` calls on a custom
+        batch type (without it the loader returns the batch unpinned and the trainer's
+        ``.to(device, non_blocking=True)`` copies block)."""
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.skipped)
+
 
 def collate_skipping(items: list, even: bool = False) -> Batch:
     """Stack the readable samples; with ``even`` drop one more to keep the batch even (Mixup)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -40,8 +41,17 @@ def _pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+# How long a rank waits in :func:`host_barrier` (rank 0 writing a checkpoint), in seconds.
+HOST_BARRIER_TIMEOUT_S = float(os.environ.get("ROUTEVIT_HOST_BARRIER_TIMEOUT_S", 4 * 3600))
+
+_host_group: list[object] = [None]  # a gloo group for host barriers, made by init_distributed
+
+
 def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes in the environment (if any) and pick the device."""
+    """Join the process group torchrun describes in the environment (if any) and pick the device.
+
+    Besides the default group (NCCL on CUDA, gloo on CPU) every rank joins a CPU (gloo) group
+    with a long timeout, for :func:`host_barrier`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,12 +59,14 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        _host_group[0] = dist.new_group(backend="gloo", timeout=timedelta(seconds=HOST_BARRIER_TIMEOUT_S))
     return DistInfo(rank, world_size, local_rank, device)
 
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _host_group[0] = None
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -67,6 +79,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def host_barrier() -> None:
+    """Wait for every rank on the CPU (gloo) group, with ``HOST_BARRIER_TIMEOUT_S``: the ranks
+    that wait for rank 0 to write a checkpoint do so here, not inside an NCCL collective whose
+    watchdog (10-30 minutes) would abort the job during a multi-GB write. A no-op without a
+    process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    group = _host_group[0]
+    if group is None:  # a process group someone else initialised
+        dist.barrier()
+    else:
+        dist.barrier(group=group)
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -7,10 +7,14 @@ checkpoint as well, but the per-step derivation is what makes a resumed run (eve
 on a different number of workers) replay the same random numbers.
 
 Stopping. A SIGTERM/SIGINT sets a flag; at the next step every rank agrees (one small
-all-reduce per step that also carries the loss) to skip that step, save a checkpoint at the
-step boundary and return ``status="interrupted"``. A non-finite loss or gradient norm raises
+all-reduce per step, after backward) not to apply that step, save a checkpoint at the step
+boundary and return ``status="interrupted"``. A non-finite loss or gradient norm raises
 :class:`NonFiniteLossError` before the optimizer steps; nothing is saved, so the newest
 checkpoint is the last good one.
+
+Host syncs. A step reads the device back once, after backward: the flags above (and, on
+logging steps only, the loss, its parts and the gradient norm, in the same small vector). With
+``train.amp: fp16`` the grad scaler reads its inf check back too (in ``scaler.step``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from . import checkpoint as ckpt
 from .build import build_optimizer, build_scheduler
 from .config import Recipe, load_recipe, recipe_diff, recipe_to_dict
 from .data import derive_seed, local_batch_size
-from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, init_distributed
+from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, host_barrier, init_distributed
 from .logs import MetricsLog, Progress
 from .tasks import get_task
 
@@ -63,7 +67,10 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, numpy and torch CPU generator states, and the generator of ``device`` if it is a
+    GPU: this process's own device only, so a checkpoint restores where another set of GPUs is
+    visible (``get_rng_state_all`` saved one state per visible GPU, per rank)."""
     _, key, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -75,22 +82,37 @@ def _rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
+            index = device.index or 0
+            if index >= len(cuda):
+                logger.warning("the checkpoint has no CUDA RNG state for %s; not restored", device)
+                return
+            cuda = cuda[index]
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _enable_tf32(device: torch.device) -> None:
+    """fp32 matmuls (a run with ``train.amp: none``, and the fp32 ops outside autocast) in TF32
+    on CUDA; convolutions use it by default. Off CUDA nothing changes."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
-    state = _rng_state()
+    state = _rng_state(info.device)
     if not info.distributed:
         return [state]
     out: list[Any] = [None] * info.world_size
@@ -109,6 +131,7 @@ class _Run:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        _enable_tf32(info.device)
         self.out = Path(r.run.output)
         self.ckpt_root = self.out / "checkpoints"
         if not resume and ckpt.list_checkpoints(self.ckpt_root):
@@ -174,15 +197,24 @@ class _Run:
         self.epoch, self.samples_in_epoch, self.step = st["epoch"], st["samples_in_epoch"], st["step"]
         self.best = ckpt.read_best(self.ckpt_root)
         if len(st["rng"]) == self.info.world_size:
-            _set_rng_state(st["rng"][self.info.rank])
+            _set_rng_state(st["rng"][self.info.rank], self.info.device)
         self.last_checkpoint = latest
         logger.info("resumed from %s (epoch %d, step %d)", latest, self.epoch, self.step)
 
     def _save(self, metrics: dict[str, Any] | None = None) -> None:
-        """Collective (RNG states are gathered); rank 0 writes."""
+        """Collective (RNG states are gathered); rank 0 writes while the others wait in a host
+        barrier (not in the next step's NCCL all-reduce, whose watchdog would time out during a
+        multi-GB write)."""
         rng = _gather_rng_states(self.info)
         if not self.info.is_main:
+            host_barrier()
             return
+        try:
+            self._write_checkpoint(rng, metrics)
+        finally:
+            host_barrier()
+
+    def _write_checkpoint(self, rng: list[dict[str, Any]], metrics: dict[str, Any] | None) -> None:
         state = {
             "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "step": self.step,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -211,33 +243,40 @@ class _Run:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _step(self, batch: Any) -> dict[str, float] | None:
-        """One optimizer step; None when a stop was requested (nothing changed)."""
+    def _step(self, batch: Any, log: bool = True) -> dict[str, Any] | None:
+        """One optimizer step; None when a stop was requested (nothing changed). The loss, its
+        parts and the gradient norm are read back (and returned) only when ``log``."""
         dev, t = self.info.device, self.recipe.train
         seed_all(derive_seed(t.seed, self.step, self.info.rank))
         loss, parts, n_local = self.task.loss(self.net, self.teacher, batch, dev)
-        # Every rank must take the same branch below, so the flags are summed over ranks first.
-        # The loss parts' names are the same on every rank (they depend on the recipe only).
-        names = list(parts)
-        flags = torch.tensor(
-            [n_local, batch.skipped, float(self.stop_signal is not None)], dtype=torch.float32, device=dev
-        )
-        flags = torch.cat([torch.stack([loss.detach(), *(parts[k] for k in names)]).float(), flags])
-        flags = torch.cat([flags, (~torch.isfinite(loss.detach())).float()[None]])
-        reduced = all_reduce_sum(flags).tolist()
-        loss_sum, part_sums = reduced[0], reduced[1 : 1 + len(names)]
-        n, skipped, stop, nonfinite = reduced[1 + len(names) :]
-        if stop:
-            return None
-        world = self.info.world_size
-        if nonfinite:
-            self._nonfinite(f"loss {loss_sum / world}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         clip = self.recipe.optim.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else math.inf)
-        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
+        # One all-reduce and one read-back per step, after backward (the host waits for the
+        # backward it has already queued, not between forward and backward). Every rank must take
+        # the same branch below, so the flags are summed over ranks first. Host numbers enter as
+        # kernel arguments (torch.full), not as a tensor copied from host memory. The loss parts'
+        # names are the same on every rank (they depend on the recipe only).
+        names = list(parts) if log else []
+        loss_bad = ~torch.isfinite(loss.detach())
+        grad_bad = ~torch.isfinite(grad_norm) if not self.scaler.is_enabled() else torch.zeros_like(loss_bad)
+        host = (float(self.stop_signal is not None), float(n_local), float(batch.skipped))
+        host_flags = (torch.full((), v, device=dev) for v in host)
+        flags = torch.stack([loss_bad.float(), grad_bad.float(), *host_flags])
+        if log:
+            values = [loss.detach(), *(parts[k] for k in names), grad_norm]
+            flags = torch.cat([flags, torch.stack(values).float()])
+        reduced = all_reduce_sum(flags).tolist()
+        nonfinite_loss, nonfinite_grad, stop, n, skipped = reduced[:5]
+        if stop:
+            return None
+        world = self.info.world_size
+        if nonfinite_loss:
+            loss_sum = all_reduce_sum(loss.detach().float().reshape(1)).item()  # every rank is here
+            self._nonfinite(f"loss {loss_sum / world}")
+        if nonfinite_grad:
             self._nonfinite(f"gradient norm {grad_norm.item()}")
         self.scheduler.step_update(num_updates=self.step)
         self.scaler.step(self.optimizer)
@@ -245,10 +284,13 @@ class _Run:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.student, step=self.step)
-        lr = self.optimizer.param_groups[0]["lr"]
-        parts_mean = {k: v / world for k, v in zip(names, part_sums, strict=True)}
-        return {"loss": loss_sum / world, **parts_mean, "lr": lr, "grad_norm": grad_norm.item(),
-                "images": int(n), "skipped": int(skipped)}  # fmt: skip
+        out: dict[str, Any] = {"images": int(n), "skipped": int(skipped)}
+        if log:
+            loss_sum, *part_sums, grad_norm_sum = reduced[5:]
+            parts_mean = {k: v / world for k, v in zip(names, part_sums, strict=True)}
+            out = {"loss": loss_sum / world, **parts_mean, "lr": self.optimizer.param_groups[0]["lr"],
+                   "grad_norm": grad_norm_sum / world, **out}  # fmt: skip
+        return out
 
     def _nonfinite(self, what: str) -> None:
         last = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint was written yet)"
@@ -265,10 +307,12 @@ class _Run:
         progress = Progress(self.info.is_main, self.recipe.run.progress, self.steps_per_epoch, self.epoch,
                             self.recipe.run.log_every_steps, initial=done)  # fmt: skip
         window_images, window_start, skipped_epoch = 0, time.perf_counter(), 0
+        shown: dict[str, float] = {}
         tick = time.perf_counter()
         try:
             for batch in self.loader:
-                values = self._step(batch)
+                log = (done + 1) % self.recipe.run.log_every_steps == 0 or done + 1 == self.steps_per_epoch
+                values = self._step(batch, log)
                 if values is None:
                     return False
                 done += 1
@@ -278,11 +322,12 @@ class _Run:
                 self.train_seconds += now - tick
                 self.train_images += values["images"]
                 window_images += values["images"]
-                if done % self.recipe.run.log_every_steps == 0 or done == self.steps_per_epoch:
+                if log:
                     values["images_per_s"] = window_images / max(now - window_start, 1e-9)
                     self.metrics.write("train", self.step, epoch=self.epoch, **values)
                     window_images, window_start = 0, now
-                progress.update(done, {k: values[k] for k in ("loss", "lr") if k in values})
+                shown = {k: values[k] for k in ("loss", "lr") if k in values} or shown  # read on log steps
+                progress.update(done, shown)
                 if every and self.step % every == 0 and done < self.steps_per_epoch:
                     self._save()
                 tick = time.perf_counter()

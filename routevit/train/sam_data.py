@@ -183,6 +183,12 @@ class SamBatch:
     targets: list[Any]  # SamTarget or SamEvalTarget per image
     skipped: int  # images dropped from this batch (unreadable, or no usable mask)
 
+    def pin_memory(self) -> SamBatch:
+        """The images in page-locked memory (called by ``DataLoader(pin_memory=True)``), so the
+        trainer's non-blocking copy to the GPU is asynchronous. The targets stay as they are: they
+        are indexed per prompt kind before each (small) copy, which makes an unpinned tensor anyway."""
+        return SamBatch(self.images.pin_memory(), self.targets, self.skipped)
+
 
 def collate_sam(items: list) -> SamBatch:
     good = [(x, t) for x, t in items if x is not None]

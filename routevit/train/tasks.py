@@ -51,15 +51,18 @@ class Task:
     Attributes:
         name: the recipe's ``task`` value.
         best_metric: the validation metric that picks the best checkpoint (higher is better).
-        find_unused_parameters: DDP must tolerate parameters a step does not use.
     """
 
     name: ClassVar[str] = ""
     best_metric: ClassVar[str] = ""
-    find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Whether DDP must tolerate parameters that a step does not use."""
+        return False
 
     def setup(self, info: DistInfo, seed: Any) -> TaskParts:
         """Build student, teacher and loaders; ``seed()`` is called right before the student
@@ -135,8 +138,13 @@ class SamTask(Task):
 
     name = "sam"
     best_metric = "val_miou_avg"
-    # a batch may hold no box (or no point) prompt, leaving prompt embeddings unused
-    find_unused_parameters = True
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        # With sam.train_decoder a batch may hold no box (or no point) prompt, leaving prompt
+        # embeddings unused (and masks=None leaves mask_downscaling unused). Frozen (the
+        # default), the prompt encoder and decoder have no parameter for DDP to reduce.
+        return self.recipe.sam.train_decoder
 
     def setup(self, info: DistInfo, seed: Any) -> TaskParts:
         from .sam_task import (

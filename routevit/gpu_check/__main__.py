@@ -1,0 +1,7 @@
+"""``python -m routevit.gpu_check``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
