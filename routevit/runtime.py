@@ -13,9 +13,30 @@ user on another machine can re-tune it (``docs/scripts/mlp_orientation.py`` scan
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+SCATTER_KERNELS = ("index_add", "index_put")
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """``vendor_id`` of /proc/cpuinfo (e.g. ``AuthenticAMD``, ``GenuineIntel``); "" if unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def default_transposed_mlp_max_rows() -> int:
+    """256 on AMD CPUs, where ``W @ x^T`` was measured faster for few rows; 0 elsewhere."""
+    return 256 if cpu_vendor() == "AuthenticAMD" else 0
 
 
 @dataclass(frozen=True)
@@ -24,17 +45,29 @@ class RuntimePolicy:
 
     Attributes:
         transposed_mlp_max_rows: up to this many rows (``B * K``) the P path's FFN runs as
-            ``W @ x^T`` on the CPU. Measured with MKL on 2 cores (768 -> 3072 -> 768): 1.12x at
-            50 rows, ~1.05x from 100 to 1,000 rows, but 0.85x at 1,100-1,225 rows (SAM's P
-            path), so the switch stays well below that. 0 switches it off.
+            ``W @ x^T`` on the CPU; 0 switches it off. The default depends on the CPU
+            (:func:`default_transposed_mlp_max_rows`): on a 2-core AMD EPYC (Zen 3) with MKL
+            (768 -> 3072 -> 768) it was 1.12x at 50 rows, ~1.05x from 100 to 1,000 rows, 0.85x
+            at 1,100-1,225 rows (SAM's P path), hence 256 there; on a 2-core Intel Xeon
+            (AVX-512, AMX) the whole model was 5% slower with it at batch 1 (1.285x vs 1.354x
+            DeiT-B, docs/results.md), hence 0 on every other CPU.
+        scatter_add: the kernel of :meth:`routevit.layers.Routes.scatter_add` (adding the P
+            path's rows back into the stream; the indices are unique). ``"index_add"``
+            (``index_add_``) or ``"index_put"`` (``index_put_(..., accumulate=True)``). Measured
+            with torch 2.14 on a 2-core Intel Xeon (AVX-512), 50 of 197 rows of width 768:
+            index_add 0.020 ms vs index_put 0.105 ms at batch 1, 0.95 vs 3.89 ms at batch 32
+            (an earlier torch on an AMD EPYC had index_add ~10x slower, hence the switch).
     """
 
-    transposed_mlp_max_rows: int = 256
+    transposed_mlp_max_rows: int = field(default_factory=lambda: default_transposed_mlp_max_rows())
+    scatter_add: str = "index_add"
 
     def __post_init__(self) -> None:
         rows = self.transposed_mlp_max_rows
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
             raise ValueError(f"transposed_mlp_max_rows must be an int >= 0, got {rows!r}")
+        if self.scatter_add not in SCATTER_KERNELS:
+            raise ValueError(f"scatter_add must be one of {SCATTER_KERNELS}, got {self.scatter_add!r}")
 
 
 _current: list[RuntimePolicy] = [RuntimePolicy()]  # a one-slot box, so setters need no `global`

@@ -214,9 +214,14 @@ def test_mlp_forward_transposed_is_forward(shape):
 
 @pytest.mark.parametrize("keep", [3, 129])  # 2 * keep rows: below and above transposed_mlp_max_rows
 def test_performance_mlp_branch_on_both_sides_of_the_orientation_switch(keep):
-    from routevit.runtime import get_policy
+    from routevit.runtime import policy
 
-    TRANSPOSED_MLP_MAX_ROWS = get_policy().transposed_mlp_max_rows  # noqa: N806
+    TRANSPOSED_MLP_MAX_ROWS = 256  # noqa: N806 - the AMD default, set explicitly on any CPU
+    with policy(transposed_mlp_max_rows=TRANSPOSED_MLP_MAX_ROWS):
+        _mlp_branch_matches(keep, TRANSPOSED_MLP_MAX_ROWS)
+
+
+def _mlp_branch_matches(keep, TRANSPOSED_MLP_MAX_ROWS):  # noqa: N803
     torch.manual_seed(0)
     block = PerformanceBlock(8, 2).double()
     block.alpha_mlp.data.fill_(0.7)

@@ -1,23 +1,24 @@
-"""Both accumulation branches of Routes.scatter_add (index_put on the CPU, index_add on CUDA)
-against an explicit per-row reference, run on the CPU by switching the branch's device list."""
+"""Both accumulation kernels of Routes.scatter_add (index_add, the default, and index_put), chosen
+by the runtime policy, against an explicit per-row reference."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 import torch
 
+from routevit import runtime
 from routevit.layers import TopKDispatcher
-
-routing = importlib.import_module("routevit.layers.routing")
 
 
 @pytest.mark.parametrize("branch", ["index_put", "index_add"])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("rows_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_scatter_add_branches_match_a_per_row_reference(monkeypatch, branch, inplace, rows_dtype):
-    monkeypatch.setattr(routing, "INDEX_PUT_DEVICES", ("cpu",) if branch == "index_put" else ())
+def test_scatter_add_branches_match_a_per_row_reference(branch, inplace, rows_dtype):
+    with runtime.policy(scatter_add=branch):
+        _check_against_reference(inplace, rows_dtype)
+
+
+def _check_against_reference(inplace, rows_dtype):
     torch.manual_seed(0)
     b, n, c = 3, 11, 5
     routes = TopKDispatcher(0.4, always_keep=(0,))(torch.rand(b, n).softmax(-1))
@@ -37,8 +38,8 @@ def test_scatter_add_branches_match_a_per_row_reference(monkeypatch, branch, inp
         assert torch.equal(x, before), "out of place leaves x untouched"
 
 
-def test_scatter_add_index_add_branch_carries_gradients(monkeypatch):
-    monkeypatch.setattr(routing, "INDEX_PUT_DEVICES", ())
+def test_scatter_add_index_add_branch_carries_gradients():
+    assert runtime.get_policy().scatter_add == "index_add"
     routes = TopKDispatcher(0.5)(torch.rand(2, 6).softmax(-1))
     x = torch.randn(2, 6, 4, requires_grad=True)
     rows = torch.randn(2, 3, 4, requires_grad=True)

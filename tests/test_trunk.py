@@ -149,17 +149,27 @@ def test_runtime_policy_chooses_the_ffn_orientation_without_changing_the_result(
     calls = []
     transposed = block.mlp.forward_transposed
     monkeypatch.setattr(block.mlp, "forward_transposed", lambda t: calls.append(1) or transposed(t))
-    default = block.mlp_branch(selected, routes)
-    assert calls == [1]  # 3 rows <= the default limit: W @ x^T
+    before = routevit.runtime.get_policy()
+    with routevit.runtime.policy(transposed_mlp_max_rows=256):
+        default = block.mlp_branch(selected, routes)
+    assert calls == [1]  # 3 rows <= the limit: W @ x^T
     with routevit.runtime.policy(transposed_mlp_max_rows=0):
         assert routevit.runtime.get_policy().transposed_mlp_max_rows == 0
         switched_off = block.mlp_branch(selected, routes)
-    assert calls == [1] and routevit.runtime.get_policy().transposed_mlp_max_rows == 256
+    assert calls == [1] and routevit.runtime.get_policy() == before
     torch.testing.assert_close(default, switched_off)
     with pytest.raises(ValueError, match="transposed_mlp_max_rows"):
         routevit.runtime.set_policy(transposed_mlp_max_rows=-1)
     with pytest.raises(TypeError):
         routevit.runtime.set_policy(no_such_field=1)
+
+
+def test_the_default_ffn_orientation_follows_the_cpu(monkeypatch):
+    from routevit import runtime
+
+    for vendor, rows in (("AuthenticAMD", 256), ("GenuineIntel", 0), ("", 0)):
+        monkeypatch.setattr(runtime, "cpu_vendor", lambda v=vendor: v)
+        assert runtime.RuntimePolicy().transposed_mlp_max_rows == rows
 
 
 def test_routes_of_the_trunk_are_per_prediction_layer():

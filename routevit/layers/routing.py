@@ -17,11 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime
 from ._checks import check_keep_ratio, check_last_dim, check_same_device_dtype, check_tensor, has_shape
-
-# Devices on which Routes.scatter_add accumulates with index_put (elsewhere: index_add, which is
-# CUDA's fast path). A module constant, so the tests run the index_add branch on the CPU too.
-INDEX_PUT_DEVICES: tuple[str, ...] = ("cpu",)
 
 
 def tokens_to_keep(keep_ratio: float, num_tokens: int) -> int:
@@ -123,7 +120,7 @@ class Routes:
         b, n, c = x.shape
         flat_x = x.view(b * n, c) if inplace else x.reshape(b * n, c)
         flat_rows = rows.reshape(-1, c)
-        if x.device.type in INDEX_PUT_DEVICES:  # CPU index_add is ~10x slower than index_put
+        if runtime.get_policy().scatter_add == "index_put":
             put = flat_x.index_put_ if inplace else flat_x.index_put
             return put((self._flat,), flat_rows, accumulate=True).view(b, n, c)
         if inplace:
