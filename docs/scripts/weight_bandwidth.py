@@ -53,7 +53,8 @@ def main() -> None:
             macs, nbytes = m * k * n, n * k * weights[0].element_size()
             name = str(dtype).split(".")[1]
             print(f"| {name} | {m} x {k} -> {n} | {1e3 * cold_s:.3f} | {macs / cold_s / 1e9:.0f} "
-                  f"| {nbytes / cold_s / 1e9:.1f} | {1e3 * hot_s:.3f} | {macs / hot_s / 1e9:.0f} |")  # fmt: skip
+                  f"| {nbytes / cold_s / 1e9:.1f} | {1e3 * hot_s:.3f} "
+                  f"| {macs / hot_s / 1e9:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
