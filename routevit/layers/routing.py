@@ -293,7 +293,7 @@ class TopKDispatcher(nn.Module):
         ranking = ranking.view(batch, n // group, group)
         local = ranking.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
         offsets = torch.arange(0, n, group, device=scores.device).view(1, -1, 1)
-        return Routes((local + offsets).view(batch, -1), scores)
+        return Routes((local + offsets).view(batch, (n // group) * k), scores)
 
     def _check_always_keep(self, n: int, group: int, k: int) -> None:
         if max(self.always_keep) >= n:
