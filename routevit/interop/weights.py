@@ -81,24 +81,25 @@ class CheckpointMismatchError(ValueError):
     another shape); raised before anything is copied, so the model is left as it was."""
 
 
-def _pattern(key: str, depth: int | None) -> str:
-    parts = ["*" if p.isdigit() else p for p in key.split(".")]
+def _pattern(key: str, depth: int | None, collapse: bool) -> str:
+    parts = ["*" if collapse and p.isdigit() else p for p in key.split(".")]
     if depth is not None and len(parts) > depth:
         parts = [*parts[:depth], "*"]
     return ".".join(parts)
 
 
 def group_keys(keys: Iterable[str], limit: int = 6) -> str:
-    """A short, one-line listing of state dict keys grouped by name pattern (layer numbers as
-    ``*``, then coarser prefixes until at most ``limit`` groups remain), with counts:
-    ``[blocks.*.mlp.fc1.weight (12), head.weight]``."""
+    """A short, one-line listing of state dict keys: the keys themselves when few, else grouped
+    by prefix (``blocks.7.* (12)``), else by name pattern with layer numbers as ``*``
+    (``blocks.*.mlp.fc1.weight (12)``) and coarser, until at most ``limit`` groups remain."""
     keys = sorted(set(keys))
     if not keys:
         return "[]"
-    for depth in (None, 4, 3, 2, 1):
+    levels = [(d, False) for d in (None, 4, 3, 2)] + [(d, True) for d in (None, 4, 3, 2, 1)]
+    for depth, collapse in levels:
         groups: dict[str, list[str]] = {}
         for k in keys:
-            groups.setdefault(_pattern(k, depth), []).append(k)
+            groups.setdefault(_pattern(k, depth, collapse), []).append(k)
         if len(groups) <= limit:
             break
     shown = [f"{p} ({len(g)})" if len(g) > 1 else g[0] for p, g in sorted(groups.items())]
@@ -170,13 +171,15 @@ def load_exact(
     *,
     allow_missing: Sequence[str] = (),
     strict: bool = True,
+    what: str | None = None,
 ) -> LoadReport:
     """Load a state dict of ``model``'s own parameter names (a routevit checkpoint, a
     ``model.state_dict()`` saved with torch or safetensors) into ``model``: every entry must
     fit by name and shape, except the model entries ``allow_missing`` names, which keep their
-    init. Raises :class:`CheckpointMismatchError` before anything is copied."""
+    init. Raises :class:`CheckpointMismatchError` before anything is copied; ``what`` names the
+    source in messages (default: its path)."""
     allow = check_patterns(allow_missing)
-    what = describe(source)
+    what = what or describe(source)
     state = read_state_dict(source)
     own = model.state_dict()
     report = LoadReport(layout="routevit")

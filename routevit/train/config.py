@@ -54,6 +54,10 @@ class ModelConfig:
 
     name: str = "blvit_deit_b_t"
     pretrained: str | None = None  # checkpoint path; for bLViT it initializes the P path
+    # parameters (shell patterns) that ``pretrained`` may leave at their init, e.g. [head.*] to
+    # fine-tune on other classes; everything else must load (bLViT's E path, routers, alpha and
+    # gamma, which a vanilla checkpoint cannot have, always start fresh)
+    allow_missing: tuple[str, ...] = ()
     num_classes: int = 1000
     img_size: int = 224
     drop_path_rate: float = 0.1
