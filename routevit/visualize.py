@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .interop.sam import load_sam_encoder
-from .interop.weights import read_state_dict
-from .models import create_model, list_models, model_info
+from .interop.weights import model_from_file
+from .models import list_models, model_info
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from .models.sam import BigLittleSamEncoder
 from .models.vit import BigLittleViT
@@ -152,9 +151,11 @@ def load_model(
             checkpoint directory (the model is rebuilt from the saved recipe, exactly as
             ``routevit eval`` does); or a weights file (``.safetensors``, or a ``torch.save``d
             state dict, optionally under ``"model"``/``"state_dict"``), which needs ``model``.
-        model: a registered routevit model name for a weights file, e.g. ``"blvit_deit_s_t"``.
-            SAM encoders (``blvit_sam_b_t``, ...) also accept SAM's official checkpoints
-            (``sam_vit_b_01ec64.pth``).
+        model: a registered routevit model name for a weights file, e.g. ``"blvit_deit_s_t"``;
+            the file is loaded strictly, as ``create_model(model, pretrained=checkpoint)``
+            would: a routevit state dict by name, or a vanilla checkpoint (timm / DeiT, SAM's
+            official ``sam_vit_b_01ec64.pth``) into the P path, whose routers then keep their
+            init (a warning says so: the routes drawn are an untrained router's).
         overrides: keyword arguments for the model factory (``num_classes``, ``img_size``, ...).
         ema: load a checkpoint's EMA weights.
     """
@@ -176,23 +177,10 @@ def load_model(
             f"{str(path)!r} is a weights file: name its architecture with --model NAME (one of "
             f"{list_models()}), or pass a routevit run folder, whose recipe names it"
         )
-    if model not in list_models():
-        raise ValueError(f"unknown model {model!r}; routevit models: {list_models()}")
-    net = create_model(model, **dict(overrides or {}))
-    state = read_state_dict(path)
-    if model_info(model).task == "sam":
-        load_sam_encoder(net, state)
-    else:
-        own = net.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{str(path)!r} does not hold a {model} state dict: missing {missing[:6]}, unexpected "
-                f"{unexpected[:6]} (a routevit run folder or a model.safetensors of one is expected; "
-                "for other sizes pass --set key=value, e.g. --set num_classes=10)"
-            )
-        net.load_state_dict(state)
-    return LoadedModel(net.eval(), source=str(path))
+    info = model_info(model) if model in list_models() else None
+    net = model_from_file(path, model, overrides)
+    mean, std = (info.mean, info.std) if info is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    return LoadedModel(net, tuple(mean), tuple(std), source=str(path))
 
 
 def read_image(path: str | Path) -> PIL.Image.Image:

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Checkpoint keys of ViT features bLViT's blocks do not implement -> what they are.
 _UNSUPPORTED = (
+    (r"^neck\.\d|\.attn\.rel_pos_[hw]$", "a SAM image encoder (neck, relative positions), not a ViT "
+     "classifier: load it into a SAM encoder model such as blvit_sam_b_t"),
     (r"^dist_token$|^head_dist\.", "a distilled DeiT (dist_token / head_dist); bLViT has one CLS "
      "token and one head: use the non-distilled deit_*_patch16_224 checkpoint"),
     (r"\.ls[12]\.gamma$", "LayerScale (blocks.*.ls1/ls2.gamma)"),
@@ -179,11 +181,15 @@ def load_timm_weights(
     allow = check_patterns(allow_missing)
     state = read_state_dict(source)
     if _is_routevit_layout(state):
-        return load_exact(model, state, allow_missing=allow, strict=strict)
-    check_supported(state)
-    report = LoadReport(layout="timm")
+        return load_exact(model, state, allow_missing=allow, strict=strict, what=describe(source))
     kinds = model.config.schedule.kinds
     own = model.state_dict()
+    wanted = [n for n in own if _timm_name(n, kinds) is not None]
+    if not {_timm_name(n, kinds) for n in wanted} & set(state):  # another model's file: say so first
+        finish_load(LoadReport(missing=wanted, unexpected=sorted(state), layout="timm"),
+                    describe(source, "timm "), model)  # fmt: skip
+    check_supported(state)
+    report = LoadReport(layout="timm")
     updates: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for name, target in own.items():

@@ -16,6 +16,7 @@ other classes). A checkpoint that fills none of the model's entries is always an
 from __future__ import annotations
 
 import fnmatch
+import logging
 import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
 Source = str | PathLike[str] | StateDict
@@ -305,3 +308,24 @@ def _first_line(err: BaseException) -> str:
     without terminal escape codes."""
     text = _ANSI.sub("", str(err)).strip().splitlines()
     return text[0].strip() if text else type(err).__name__
+
+
+def model_from_file(
+    path: str | PathLike[str], name: str, overrides: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """The registered routevit model ``name`` (factory ``overrides`` such as ``num_classes``)
+    holding the weights file ``path``, in eval mode on the CPU, as ``routevit eval`` and
+    ``visualize`` read a weights file: ``create_model(name, pretrained=path, **overrides)``, so
+    loaded strictly by the model's own loader (routevit's layout by name; a vanilla timm / SAM
+    checkpoint into the P path, the parts it cannot have left fresh and logged)."""
+    from ..models import create_model, list_models, model_info
+    from ..models.registry import load_weights
+
+    if name not in list_models():
+        raise ValueError(f"--model expects a routevit model name, one of {list_models()}, got {name!r}")
+    model = create_model(name, **dict(overrides or {}))
+    report = load_weights(model, model_info(name).task, pretrained=str(path))["pretrained"]
+    if report.fresh:
+        logger.warning("%s holds no %d of %s's parameters, which keep their init: %s",
+                       path, len(report.fresh), name, group_keys(report.fresh))  # fmt: skip
+    return model.eval()

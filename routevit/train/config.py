@@ -248,6 +248,9 @@ def _validate(r: Recipe) -> None:
         (r.sam.box_noise >= 0, "sam.box_noise", ">= 0", r.sam.box_noise),
         (r.sam.box_noise_max >= 0, "sam.box_noise_max", ">= 0", r.sam.box_noise_max),
     ]
+    if r.task == "classification":  # one class: the loss is 0 and every prediction "right"
+        checks.append((r.model.num_classes >= 2, "model.num_classes", "an integer >= 2 for task "
+                       "classification", r.model.num_classes))  # fmt: skip
     for ok, key, expected, got in checks:
         if not ok:
             raise ValueError(f"recipe key {key} must be {expected}, got {got!r}")
@@ -372,7 +375,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"an override must look like section.key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ValueError(f"override {key.strip()}: expected a YAML value, got {raw!r}") from None
+
+
+def factory_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items of ``routevit eval`` / ``visualize`` for a weights file (values
+    read as YAML) as model factory keyword arguments: ``["num_classes=10"] -> {"num_classes": 10}``."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key.strip()}: expected a YAML value, got {raw!r}") from None
+    return out
 
 
 def with_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -405,7 +426,16 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recip
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            message = f"recipe {str(path)!r} must be valid YAML, got an error{line}: {problem}"
+            raise ValueError(message) from None
+        except UnicodeDecodeError:
+            raise ValueError(f"recipe {str(path)!r} must be a YAML text file, got binary data") from None
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ValueError(
                 f"recipe {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}"
