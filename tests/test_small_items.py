@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import routevit
@@ -23,3 +24,35 @@ def test_an_empty_batch_gives_empty_outputs_like_timm() -> None:
     with torch.no_grad():
         assert vit(torch.empty(0, 3, 32, 32)).shape == (0, 3)
         assert sam(torch.empty(0, 3, 64, 64)).shape == (0, 16, 4, 4)
+
+
+def test_holdout_per_class_alone_needs_no_val_dir_null() -> None:
+    """The default ``val_dir: val`` clashed with a recipe that only set holdout_per_class."""
+    from routevit.train.config import recipe_from_dict
+
+    assert recipe_from_dict({"data": {"holdout_per_class": 5}}).data.val_dir is None
+    assert recipe_from_dict({}).data.val_dir == "val"
+    with pytest.raises(ValueError, match="exclusive"):
+        recipe_from_dict({"data": {"holdout_per_class": 5, "val_dir": "val"}})
+
+
+def test_a_one_class_classifier_is_refused() -> None:
+    """One class trains with loss 0 and reports 100%: refused, naming the key."""
+    from routevit.train.config import recipe_from_dict
+
+    with pytest.raises(ValueError, match=r"model\.num_classes must be an integer >= 2 .* got 1"):
+        recipe_from_dict({"model": {"num_classes": 1}})
+    assert recipe_from_dict({"task": "sam", "model": {"name": "blvit_sam_b_t", "num_classes": 1}})
+
+
+def test_train_help_names_a_recipe_that_exists(capsys: pytest.CaptureFixture) -> None:
+    import re
+    from pathlib import Path
+
+    from routevit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    named = re.findall(r"recipes/[\w/]+\.yaml", capsys.readouterr().out)
+    root = Path(__file__).resolve().parents[1]
+    assert named and all((root / path).is_file() for path in named), named

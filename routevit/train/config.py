@@ -83,7 +83,8 @@ class DistillConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """An ImageFolder tree. With ``holdout_per_class > 0``, validation is the N lexicographically
-    last files of each class of ``train_dir`` and ``val_dir`` must be None."""
+    last files of each class of ``train_dir`` and ``val_dir`` must be None, which is its default
+    then (otherwise ``"val"``); naming both is an error."""
 
     root: str | None = None
     train_dir: str = "train"
@@ -352,9 +353,18 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _default_val_dir(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data.val_dir`` defaults to ``"val"``, except beside a ``holdout_per_class``, where the
+    validation images are held out of ``train_dir`` and the default is None."""
+    data = values.get("data") if isinstance(values, Mapping) else None
+    if isinstance(data, Mapping) and "val_dir" not in data and data.get("holdout_per_class") not in (None, 0):
+        return {**values, "data": {**data, "val_dir": None}}
+    return values
+
+
 def recipe_from_dict(values: Mapping[str, Any]) -> Recipe:
     """Build a Recipe from nested mappings (missing keys take the defaults)."""
-    return _build(Recipe, values, "")
+    return _build(Recipe, _default_val_dir(values), "")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
