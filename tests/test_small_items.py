@@ -56,3 +56,19 @@ def test_train_help_names_a_recipe_that_exists(capsys: pytest.CaptureFixture) ->
     named = re.findall(r"recipes/[\w/]+\.yaml", capsys.readouterr().out)
     root = Path(__file__).resolve().parents[1]
     assert named and all((root / path).is_file() for path in named), named
+
+
+@pytest.mark.parametrize("name", ["sam_vit_b", "sam_vit_h"])
+def test_unrouted_sam_encoders_refuse_a_keep_ratio(name: str) -> None:
+    """They have no prediction layers: a keep ratio would be reported and never used."""
+    small = {**TINY_SAM, "embed_dim": 32, "num_heads": 2}
+    small.pop("little_dim"), small.pop("little_heads")
+    model = routevit.create_model(name, **small)
+    with pytest.raises(ValueError, match="needs a routed model.*no prediction layers"):
+        model.set_keep_ratio(0.5)
+    with pytest.raises(ValueError, match="routes no tokens"):
+        routevit.create_model(name, keep_ratio=0.5, **small)
+    schedule = Schedule(("full", "big_little"), (1,))
+    routed = routevit.create_model("blvit_sam_b_t", schedule=schedule, **TINY_SAM)
+    routed.set_keep_ratio(0.5)
+    assert routed.keep_ratio == routed.config.keep_ratio == 0.5

@@ -237,6 +237,11 @@ def _build(
 ) -> BigLittleSamEncoder:
     base = CONFIGS[name]
     if "schedule" not in base:
+        if overrides.get("keep_ratio") is not None:
+            raise ValueError(
+                f"{name} routes no tokens (no prediction layers), so keep_ratio does not apply; got "
+                f"keep_ratio={overrides['keep_ratio']!r}"
+            )
         depth = overrides.get("depth", base["depth"])
         base = {**base, "schedule": Schedule(("full",) * depth, ())}
     model = BigLittleSamEncoder(sam_encoder_config(base, **overrides))
