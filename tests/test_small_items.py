@@ -72,3 +72,31 @@ def test_unrouted_sam_encoders_refuse_a_keep_ratio(name: str) -> None:
     routed = routevit.create_model("blvit_sam_b_t", schedule=schedule, **TINY_SAM)
     routed.set_keep_ratio(0.5)
     assert routed.keep_ratio == routed.config.keep_ratio == 0.5
+
+
+def _leaves_the_global_rng_alone(fn) -> None:  # noqa: ANN001
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    fn()
+    assert torch.equal(torch.rand(4), expected), "the caller's random stream was reseeded or consumed"
+
+
+def test_bench_pairs_leave_the_global_rng_alone() -> None:
+    pytest.importorskip("timm")
+    from routevit.bench_pairs import run
+
+    _leaves_the_global_rng_alone(lambda: run("blvit_deit_s_t", batch_sizes=(1,), warmup=0, repeats=1,
+                                             min_seconds=0.0))  # fmt: skip
+
+
+def test_sam_benchmark_encoders_leave_the_global_rng_alone() -> None:
+    pytest.importorskip("segment_anything")
+    pytest.importorskip("timm")
+    from routevit.interop.sam import build_benchmark_encoders
+
+    small = {**TINY_SAM, "schedule": Schedule(("full", "big_little"), (1,))}
+    _leaves_the_global_rng_alone(lambda: build_benchmark_encoders("blvit_sam_b_t", **small))
+    a = build_benchmark_encoders("blvit_sam_b_t", seed=1, **small)["blvit"].state_dict()
+    b = build_benchmark_encoders("blvit_sam_b_t", seed=1, **small)["blvit"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: the same weights every time

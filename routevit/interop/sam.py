@@ -215,8 +215,16 @@ def build_benchmark_encoders(
     ``"segment_anything"`` (SAM's original ``ImageEncoderViT``) and ``"timm"`` (timm's
     ``VisionTransformerSAM``, fused attention, returning the neck's output). The weights come
     from ``checkpoint`` (a SAM checkpoint) or, without one, from a seeded random SAM encoder
-    whose relative-position tables are random too.
+    whose relative-position tables are random too. Everything random (that encoder, the
+    parts of ``"blvit"`` a vanilla checkpoint lacks) is drawn from ``seed`` in a forked RNG:
+    the caller's random stream is left as it was.
     """
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: the models are built there
+        torch.random.default_generator.manual_seed(seed)
+        return _benchmark_encoders(name, checkpoint, **overrides)
+
+
+def _benchmark_encoders(name: str, checkpoint: str | Path | None, **overrides: Any) -> dict[str, nn.Module]:
     import timm
 
     from ..models import create_model
@@ -233,7 +241,6 @@ def build_benchmark_encoders(
         use_abs_pos=cfg.use_abs_pos, use_rel_pos=cfg.use_rel_pos, window_size=cfg.window_size,
         global_attn_indexes=cfg.global_attn_indexes,
     )
-    torch.manual_seed(seed)
     sam = modeling.ImageEncoderViT(
         out_chans=cfg.out_chans, norm_layer=partial(nn.LayerNorm, eps=1e-6), **sam_kwargs
     )
