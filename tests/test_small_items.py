@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -100,3 +102,33 @@ def test_sam_benchmark_encoders_leave_the_global_rng_alone() -> None:
     a = build_benchmark_encoders("blvit_sam_b_t", seed=1, **small)["blvit"].state_dict()
     b = build_benchmark_encoders("blvit_sam_b_t", seed=1, **small)["blvit"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: the same weights every time
+
+
+def test_reproduce_runs_its_recipes_from_an_installed_wheel(tmp_path) -> None:  # noqa: ANN001
+    """The wheel carries the CIFAR-10 recipes; the reproduction finds them inside the package,
+    not in a source tree it does not have once installed."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(root / "routevit", src / "routevit", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
+    subprocess.run([*build, str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("routevit-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:  # installing a pure-Python wheel is unpacking it
+        assert "routevit/reproduce/recipes/mini_blvit.yaml" in archive.namelist()
+        archive.extractall(site)
+    check = ("from routevit.reproduce.cifar10 import RECIPES, rows; from routevit.train.config import "
+             "load_recipe; [load_recipe(RECIPES / r.recipe) for r in rows()]; print(RECIPES)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={**env, "PYTHONPATH": str(site)},
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).is_relative_to(site)
