@@ -183,3 +183,14 @@ def test_a_corrupt_checkpoint_directory_is_a_one_line_error(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"could not read checkpoint .*state\.pt") as err:
         load_train_state(ckpt)
     assert "\n" not in str(err.value) and "weights_only=False" not in str(err.value)
+
+
+def test_a_ddp_wrapped_sam_state_dict_loads(tmp_path: Path) -> None:
+    """torch's DistributedDataParallel prefixes every key with ``module.``; the one reader strips it
+    for the SAM loader as for the others (already so before this change; kept by this test)."""
+    sam_small = dict(img_size=64, window_size=2, depth=2, embed_dim=32, num_heads=2, global_attn_indexes=(1,))
+    torch.manual_seed(3)
+    state = routevit.create_model("sam_vit_b", **sam_small).state_dict()
+    path = save_checkpoint({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
+    model = routevit.create_model("sam_vit_b", pretrained=path, **sam_small)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
