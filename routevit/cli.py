@@ -27,15 +27,15 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(BAD_INPUT)
 
 
-def _number(kind: type, minimum: float, what: str, exclusive: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a ``kind`` (int or float) >= ``minimum`` (> with ``exclusive``)."""
+def _number(kind: type, minimum: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` (int or float) >= ``minimum``."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum or (exclusive and value == minimum):
+        if not value >= minimum:  # also refuses nan
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
