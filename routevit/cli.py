@@ -152,7 +152,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .reproduce.report import markdown, plot, write_section
 
     if not Path(args.data).is_dir():
-        raise FileNotFoundError(f"--data: expected a CIFAR-10 ImageFolder root, got {args.data!r} (none)")
+        where = repr(args.data)
+        raise FileNotFoundError(f"--data: expected a CIFAR-10 ImageFolder root, got {where} (no folder)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     budget = Budget(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
                     seeds=tuple(args.seeds),

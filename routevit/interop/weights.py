@@ -153,10 +153,10 @@ def finish_load(
     report.unexpected = [k for k in report.unexpected if not is_allowed(k, allow)]
     model_name = type(model).__name__
     if not report.loaded and (report.missing or report.unexpected):
-        got = group_keys(report.unexpected) if report.unexpected else "no usable entries"
+        got = group_keys(report.unexpected) if report.unexpected else "no entry it can use"
         raise CheckpointMismatchError(
             f"{what} fills none of the {model_name}'s parameters (a checkpoint of another model?): "
-            f"expected {report.layout or 'its'} entries such as {group_keys(report.missing)}, got {got}"
+            f"the model needs {group_keys(report.missing)}, the file holds {got}"
         )
     if strict and (report.missing or report.unexpected):
         parts = [f"missing keys {group_keys(report.missing)}"] if report.missing else []
@@ -307,7 +307,8 @@ def _first_line(err: BaseException) -> str:
     """The error's first line, without torch's advice to retry with weights_only=False and
     without terminal escape codes."""
     text = _ANSI.sub("", str(err)).strip().splitlines()
-    return text[0].strip() if text else type(err).__name__
+    first = text[0].strip() if text else type(err).__name__
+    return first.split(". ")[0] if len(first) > 120 else first  # torch appends long advice
 
 
 def model_from_file(
