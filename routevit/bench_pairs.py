@@ -97,15 +97,18 @@ def run(
 ) -> str:
     """Benchmark a pair and return a Markdown report (MACs, speed per batch size, keep-ratio sweep)."""
     pair = get_pair(name)
-    torch.manual_seed(0)
-    candidate, baselines = pair.build()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream untouched
+        torch.random.default_generator.manual_seed(0)
+        candidate, baselines = pair.build()
     candidate = candidate.to(device).eval()
     if keep_ratio is not None:
         candidate.set_keep_ratio(keep_ratio)
     baselines = {label: model.to(device).eval() for label, model in baselines.items()}
 
+    inputs = torch.Generator().manual_seed(0)
+
     def make_input(batch: int) -> torch.Tensor:
-        return torch.randn(batch, *pair.input_size, device=device)
+        return torch.randn(batch, *pair.input_size, generator=inputs).to(device)
 
     cand_macs = count(candidate, pair.input_size)
     lines = [

@@ -71,7 +71,11 @@ def count(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
-    x = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
+    if device.type == "meta":
+        x = torch.empty(batch_size, *input_size, device=device, dtype=dtype)
+    else:  # drawn from its own generator: the caller's random stream is left alone
+        noise = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0))
+        x = noise.to(device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     try:

@@ -1,10 +1,12 @@
 """Pictures of which patches the performance path receives (the paper's Figure 3).
 
 One panel per prediction layer: routed patches keep their pixels and get a coloured
-outline, the other patches are dimmed. SAM encoders also get their attention windows drawn
-and their padding (image padding to ``img_size`` and the window padding of the token grid)
-hatched in grey: SAM's window padding is never routed, the zero padding of a non-square image
-is made of real tokens and may be. Needs Pillow (installed with torchvision).
+outline, the other patches are dimmed. A non-square image is never stretched: its longest
+side is resized to the model's input size and the rest padded (SAM's preprocessing; the same
+for classifiers), and the padding is hatched in grey. SAM encoders also get their attention
+windows drawn and the window padding of their token grid hatched: that padding is never
+routed, while the zero padding of a non-square image is made of real tokens and may be.
+Needs Pillow (installed with torchvision).
 
 :func:`draw_routes` draws given masks; :func:`route_picture` runs a model on an image and
 draws its routes; :func:`load_model` reads what ``routevit visualize`` is given (a ``routevit
@@ -21,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .interop.sam import load_sam_encoder
-from .interop.weights import read_state_dict
-from .models import create_model, list_models, model_info
+from .interop.weights import model_from_file
+from .models import list_models, model_info
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from .models.sam import BigLittleSamEncoder
 from .models.vit import BigLittleViT
@@ -152,9 +153,11 @@ def load_model(
             checkpoint directory (the model is rebuilt from the saved recipe, exactly as
             ``routevit eval`` does); or a weights file (``.safetensors``, or a ``torch.save``d
             state dict, optionally under ``"model"``/``"state_dict"``), which needs ``model``.
-        model: a registered routevit model name for a weights file, e.g. ``"blvit_deit_s_t"``.
-            SAM encoders (``blvit_sam_b_t``, ...) also accept SAM's official checkpoints
-            (``sam_vit_b_01ec64.pth``).
+        model: a registered routevit model name for a weights file, e.g. ``"blvit_deit_s_t"``;
+            the file is loaded strictly, as ``create_model(model, pretrained=checkpoint)``
+            would: a routevit state dict by name, or a vanilla checkpoint (timm / DeiT, SAM's
+            official ``sam_vit_b_01ec64.pth``) into the P path, whose routers then keep their
+            init (a warning says so: the routes drawn are an untrained router's).
         overrides: keyword arguments for the model factory (``num_classes``, ``img_size``, ...).
         ema: load a checkpoint's EMA weights.
     """
@@ -176,23 +179,10 @@ def load_model(
             f"{str(path)!r} is a weights file: name its architecture with --model NAME (one of "
             f"{list_models()}), or pass a routevit run folder, whose recipe names it"
         )
-    if model not in list_models():
-        raise ValueError(f"unknown model {model!r}; routevit models: {list_models()}")
-    net = create_model(model, **dict(overrides or {}))
-    state = read_state_dict(path)
-    if model_info(model).task == "sam":
-        load_sam_encoder(net, state)
-    else:
-        own = net.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{str(path)!r} does not hold a {model} state dict: missing {missing[:6]}, unexpected "
-                f"{unexpected[:6]} (a routevit run folder or a model.safetensors of one is expected; "
-                "for other sizes pass --set key=value, e.g. --set num_classes=10)"
-            )
-        net.load_state_dict(state)
-    return LoadedModel(net.eval(), source=str(path))
+    info = model_info(model) if model in list_models() else None
+    net = model_from_file(path, model, overrides)
+    mean, std = (info.mean, info.std) if info is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    return LoadedModel(net, tuple(mean), tuple(std), source=str(path))
 
 
 def read_image(path: str | Path) -> PIL.Image.Image:
@@ -217,14 +207,24 @@ def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
 
 def classifier_input(
     image: PIL.Image.Image, img_size: int, mean: Sequence[float], std: Sequence[float]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image resized (bicubic, whole image, no crop) to ``img_size`` squared: returns the
-    normalised model input ``(1, 3, S, S)`` float and the shown pixels ``(3, S, S)`` uint8."""
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """The whole image (no crop, no stretch): its longest side resized (bicubic) to
+    ``img_size``, normalised by ``mean``/``std``, zero-padded bottom/right to ``img_size``
+    squared (the padding is the mean colour), as SAM pads.
+
+    Returns the model input ``(1, 3, S, S)`` float, the shown pixels ``(3, S, S)`` uint8
+    (padding 0) and the resized image's ``(height, width)``.
+    """
     Image, _ = _pillow()
-    shown = _to_tensor(image.convert("RGB").resize((img_size, img_size), Image.Resampling.BICUBIC))
+    w, h = image.size
+    scale = img_size / max(h, w)
+    new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    resized = _to_tensor(image.convert("RGB").resize((new_w, new_h), Image.Resampling.BICUBIC))
     m = torch.tensor(mean).view(3, 1, 1)
     s = torch.tensor(std).view(3, 1, 1)
-    return ((shown.float() / 255 - m) / s)[None], shown
+    pad = (0, img_size - new_w, 0, img_size - new_h)
+    x = torch.nn.functional.pad((resized.float() / 255 - m) / s, pad)[None]
+    return x, torch.nn.functional.pad(resized, pad), (new_h, new_w)
 
 
 def sam_input(
@@ -252,8 +252,8 @@ def sam_input(
 @dataclass
 class RoutePicture:
     """What :func:`route_picture` drew: the ``picture``, the ``(gh, gw)`` bool ``masks`` of the
-    routed patches (one per prediction layer, on the drawn grid), the ``padding`` cells (SAM;
-    None for classifiers), the drawn ``window`` size (0: none), ``cell`` and the panel
+    routed patches (one per prediction layer, on the drawn grid), the ``padding`` cells (None
+    for a square image on a classifier), the drawn ``window`` size (0: none), ``cell`` and the panel
     ``titles``. For SAM the drawn grid is the window-padded token grid (70 x 70 at 1024)."""
 
     picture: PIL.Image.Image
@@ -280,8 +280,8 @@ def route_picture(
 ) -> RoutePicture:
     """Run ``model`` on ``image`` and draw, per prediction layer, the patches routed to its P path.
 
-    ``model``: a :class:`~routevit.models.vit.BigLittleViT` (the image is resized to its
-    ``img_size`` and normalised by ``mean``/``std``) or a
+    ``model``: a :class:`~routevit.models.vit.BigLittleViT` (the image's longest side is
+    resized to its ``img_size``, the rest padded, and normalised by ``mean``/``std``) or a
     :class:`~routevit.models.sam.BigLittleSamEncoder` (SAM's longest-side resize and padding;
     window borders drawn, padding hatched). ``keep_ratio`` replaces the model's own first.
     """
@@ -296,7 +296,7 @@ def route_picture(
             "(BigLittleViT, e.g. blvit_deit_s_t, or BigLittleSamEncoder, e.g. blvit_sam_b_t)"
         )
     cfg = model.config
-    x, shown = classifier_input(image, cfg.img_size, mean, std)
+    x, shown, (h, w) = classifier_input(image, cfg.img_size, mean, std)
     _, routes = model.forward_features_with_routes(x)
     if not routes:
         raise ValueError(f"{type(model).__name__} has no prediction layers: nothing is routed")
@@ -304,8 +304,13 @@ def route_picture(
     layers = cfg.schedule.predict_after
     k = routes[0].num_selected
     titles = [f"after layer {p}: {k} of {routes[0].num_tokens} tokens" for p in layers]
-    cell = cell or _default_cell(cfg.grid_size)
-    return RoutePicture(draw_routes(shown, masks, titles, cell), masks, None, 0, cell, titles)
+    g, p = cfg.grid_size, cfg.patch_size
+    padding = torch.ones(g, g, dtype=torch.bool)
+    padding[: -(-h // p), : -(-w // p)] = False  # patches with at least one image pixel
+    padding = padding if padding.any() else None  # a square image: nothing to hatch
+    cell = cell or _default_cell(g)
+    picture = draw_routes(shown, masks, titles, cell, padding=padding)
+    return RoutePicture(picture, masks, padding, 0, cell, titles)
 
 
 def _sam_picture(model: BigLittleSamEncoder, image: PIL.Image.Image, cell: int | None) -> RoutePicture:

@@ -107,7 +107,7 @@ def test_no_file_over_500_lines():
     assert long == {}
 
 
-@pytest.mark.parametrize("name", routevit.list_models())
+@pytest.mark.parametrize("name", [n for n in routevit.list_models() if n.startswith(("blvit_", "sam_vit_"))])
 def test_every_model_has_its_facts(name):
     timm = pytest.importorskip("timm")
     info = model_info(name)

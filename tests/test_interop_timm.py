@@ -125,14 +125,15 @@ def test_report_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
     model = routevit.create_model(
         "blvit_deit_b_t", img_size=32, depth=2, embed_dim=192, num_heads=3, little_dim=48, little_heads=1
     )
+    expected = r"missing keys \[encoder\.blocks\.1\.performance\.mlp\.fc1\.weight\]; unexpected keys"
+    with pytest.raises(ValueError, match=expected):
+        load_timm_weights(model, path)  # strict by default
     with pytest.warns(UserWarning, match=r"blocks\.1\.performance\.mlp\.fc1\.weight"):
-        report = load_timm_weights(model, path)
+        report = load_timm_weights(model, path, strict=False)  # a partial load, asked for
     assert report.missing == ["encoder.blocks.1.performance.mlp.fc1.weight"]
     assert report.unexpected == ["blocks.7.mlp.fc1.weight"]
     assert "encoder.routers.1.proj.weight" in report.fresh
     assert any(".efficiency." in n for n in report.fresh)
-    with pytest.raises(ValueError, match="missing"):
-        load_timm_weights(model, path, strict=True)
 
 
 def test_shape_mismatch_names_key_and_shapes(tmp_path: Path) -> None:
@@ -148,7 +149,9 @@ def test_other_class_count_leaves_head_fresh(tmp_path: Path) -> None:
         "blvit_deit_b_t", img_size=32, depth=2, embed_dim=192, num_heads=3, little_dim=48,
         little_heads=1, num_classes=10,
     )
-    report = load_timm_weights(model, path)
+    with pytest.raises(ValueError, match=r"missing keys \[head\.bias, head\.weight"):
+        load_timm_weights(model, path)  # a head for other classes is not loaded: only if asked
+    report = load_timm_weights(model, path, allow_missing=("head.*",))
     assert "head.weight" in report.fresh and "head.weight" not in report.loaded
     assert any("1000 classes" in n for n in report.notes)
 

@@ -94,8 +94,8 @@ def test_unexpected_and_missing_keys_are_named(sam_checkpoint, tmp_path):
     state = {k: v for k, v in sam.image_encoder.state_dict().items() if k != "blocks.0.attn.qkv.weight"}
     state["blocks.7.norm1.weight"] = torch.ones(64)
     model = create_model("blvit_sam_b_t", **SMALL)
-    with pytest.raises(ValueError, match=r"unexpected keys \[blocks\.7\.norm1\.weight\]; missing keys "
-                                         r"\[blocks\.0\.attn\.qkv\.weight\]"):
+    with pytest.raises(ValueError, match=r"missing keys \[blocks\.0\.attn\.qkv\.weight\]; unexpected keys "
+                                         r"\[blocks\.7\.norm1\.weight\]"):
         load_sam_encoder(model, state)
     report = load_sam_encoder(model, state, strict=False)
     assert report.missing == ["blocks.0.attn.qkv.weight"] and report.unexpected == ["blocks.7.norm1.weight"]

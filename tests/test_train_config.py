@@ -47,7 +47,7 @@ def test_unknown_key_names_it_and_the_valid_ones(tmp_path: Path) -> None:
         ({"train": {"ema": "yes"}}, "train.ema expects true or false"),
         ({"optim": {"betas": [0.9]}}, "optim.betas expects a list of 2 values"),
         ({"model": {"kwargs": [1]}}, "model.kwargs expects a mapping"),
-        ({"data": {"holdout_per_class": 5}}, "data.holdout_per_class and data.val_dir are exclusive"),
+        ({"data": {"holdout_per_class": 5, "val_dir": "val"}}, "and data.val_dir are exclusive"),
     ],
 )
 def test_bad_values_name_the_key(values: dict, message: str) -> None:

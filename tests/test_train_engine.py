@@ -148,8 +148,13 @@ def test_distill_into_biglittle_from_routevit_and_timm_teachers(
 def test_eval_command(vanilla_run: Path, data: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["eval", str(vanilla_run), "--data", str(data), "--batch-size", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 4 and 0 <= result["top1"] <= result["top5"] == 100.0  # 2 classes
+    assert result["images"] == 20  # the folder given, all of it (the run held out 2 per class)
+    assert 0 <= result["top1"] <= result["top5"] == 100.0  # 2 classes
     assert result["gmacs"] > 0 and result["images_per_s"] > 0
+    assert main(["eval", str(vanilla_run), "--data", str(data), "--holdout-per-class", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 4  # a hold-out, when asked
+    assert main(["eval", str(vanilla_run)]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 4  # no --data: the recipe's split
     assert main(["eval", str(vanilla_run), "--data", str(data), "--ema"]) == 2
     assert "run trained without EMA" in capsys.readouterr().err
     assert main(["eval", str(vanilla_run), "--data", str(data), "--keep-ratio", "0.5"]) == 2

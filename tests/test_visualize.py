@@ -98,13 +98,18 @@ def tiny_run_folder(tmp_path, name: str, kwargs: dict, mean=(0.5, 0.4, 0.3), std
 
 
 def expected_vit_masks(model, image_path, mean, std) -> list[torch.Tensor]:
-    """Routes recomputed independently: PIL bicubic resize of the whole image, normalise, forward."""
+    """Routes recomputed independently: PIL bicubic resize of the longest side (the aspect ratio
+    kept), normalise, zero-pad bottom/right to a square, forward."""
     from PIL import Image
 
     size = model.config.img_size
-    pixels = np.asarray(Image.open(image_path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    image = Image.open(image_path).convert("RGB")
+    scale = size / max(image.size)
+    w, h = round(image.width * scale), round(image.height * scale)
+    pixels = np.asarray(image.resize((w, h), Image.Resampling.BICUBIC))
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
     x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    x = torch.nn.functional.pad(x, (0, size - w, 0, size - h))
     with torch.no_grad():
         _, routes = model.forward_features_with_routes(x[None])
     return list(model.route_masks(routes)[0])
@@ -220,7 +225,7 @@ def test_cli_errors(tmp_path, capsys):
     assert main(args + [f"--set={k}={v}" for k, v in TINY_SAM.items()]) == 2
     assert "no prediction layers" in capsys.readouterr().err
     assert main(["visualize", str(weights), str(image), "--out", out, "--model", "blvit_deit_s_t"]) == 2
-    assert "does not hold a blvit_deit_s_t state dict" in capsys.readouterr().err
+    assert "it has a SAM image encoder" in capsys.readouterr().err  # the wrong family, said so
 
 
 def test_a_vanilla_run_folder_has_nothing_to_draw(tmp_path, capsys):
@@ -231,3 +236,30 @@ def test_a_vanilla_run_folder_has_nothing_to_draw(tmp_path, capsys):
     image = write_image(tmp_path / "photo.png", 32, 32)
     assert main(["visualize", str(run), str(image), "--out", str(tmp_path / "x.png")]) == 2
     assert "no token routing" in capsys.readouterr().err
+
+
+def test_a_non_square_image_is_padded_not_stretched(tmp_path):
+    """A 2:1 image keeps its shape: the top half of the grid is the image, the bottom half is
+    padding, hatched; a stretched image would fill the whole grid."""
+    from PIL import Image
+
+    from routevit import create_model
+    from routevit.visualize import route_picture
+
+    torch.manual_seed(0)
+    model = create_model("blvit_deit_s_t", num_classes=3, img_size=32, **TINY_BLVIT).eval()
+    wide = Image.new("RGB", (64, 32), (255, 0, 0))
+    wide.paste((0, 0, 255), (32, 0, 64, 32))  # left red, right blue
+    drawn = route_picture(model, wide, cell=4)
+    assert drawn.padding is not None and drawn.padding.shape == (8, 8)
+    assert not drawn.padding[:4].any() and drawn.padding[4:].all()  # rows 0-3 image, 4-7 padding
+    px = drawn.picture.load()
+    inside = lambda r, c: px[c * 4 + 1, HEADER + r * 4 + 1]  # noqa: E731  (off outline and hatch)
+    routed = drawn.masks[0]
+    for r, c, channel in ((1, 1, 0), (1, 6, 2), (3, 0, 0), (3, 7, 2)):  # red left, blue right
+        value = inside(r, c)
+        bright = value if routed[r, c] else tuple(round(v / 0.3) for v in value)
+        assert bright[channel] > 200 and bright[2 - channel] < 60, (r, c, value)
+    assert all(inside(r, c) == PADDING for r in range(4, 8) for c in range(8))  # flat grey padding
+    square = route_picture(model, Image.new("RGB", (40, 40), (0, 255, 0)), cell=4)
+    assert square.padding is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,17 @@ from torch import nn
 
 from ..models.registry import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_info, register_weights_loader
 from ..models.sam import BigLittleSamEncoder
-from .weights import LoadReport, StateDict, read_state_dict
+from .weights import (
+    CheckpointMismatchError,
+    LoadReport,
+    StateDict,
+    check_patterns,
+    describe,
+    finish_load,
+    group_keys,
+    is_allowed,
+    read_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,47 +65,57 @@ def sam_to_routevit(state: StateDict, model: BigLittleSamEncoder) -> dict[str, t
     return out
 
 
-def _names(keys: list[str] | tuple[str, ...], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+def _names(keys: list[str] | tuple[str, ...]) -> str:
+    return group_keys(keys)[1:-1]
 
 
 def load_sam_encoder(
-    model: BigLittleSamEncoder, source: str | Path | StateDict, strict: bool = True
+    model: BigLittleSamEncoder,
+    source: str | Path | StateDict,
+    strict: bool = True,
+    *,
+    allow_missing: Sequence[str] = (),
 ) -> LoadReport:
     """Load a SAM image encoder checkpoint into ``model``.
 
     ``source``: a path or a state dict, in the official SAM layout (``image_encoder.*`` keys,
     other keys ignored), a bare segment_anything encoder state dict, or a routevit SAM encoder
-    state dict. A shape mismatch always raises, naming the key and both shapes. With
-    ``strict`` (default), so do checkpoint entries the model has no place for and model
-    parameters the checkpoint lacks, except the bLViT-only ones of a vanilla checkpoint.
+    state dict. A shape mismatch always raises, naming the key and both shapes, unless
+    ``allow_missing`` names the key (it then keeps its init). With ``strict`` (default), so do
+    checkpoint entries the model has no place for and model parameters the checkpoint lacks,
+    except the bLViT-only ones of a vanilla checkpoint (E path, routers, alpha, gamma: reported
+    as ``fresh``) and those ``allow_missing`` names (shell patterns on the model's names).
+    A checkpoint that fills none of the model's parameters is always an error.
     """
+    allow = check_patterns(allow_missing)
+    what = describe(source, "SAM ")
     state = encoder_entries(read_state_dict(source))
     layout = "routevit" if any(_ROUTEVIT_MARKS.search(k) for k in state) else "segment_anything"
     if layout == "segment_anything":
         state = sam_to_routevit(state, model)
     own = model.state_dict()
+    skipped = []
     for key, value in state.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
-            raise ValueError(
+            if is_allowed(key, allow):
+                skipped.append(key)
+                continue
+            raise CheckpointMismatchError(
                 f"{key}: the checkpoint has shape {tuple(value.shape)} but the model expects "
                 f"{tuple(own[key].shape)} (img_size, embed_dim, depth or window_size differ?)"
             )
-    unexpected = tuple(k for k in state if k not in own)
+    state = {k: v for k, v in state.items() if k not in skipped}
+    unexpected = [k for k in state if k not in own]
     absent = [k for k in own if k not in state]
-    new = tuple(k for k in absent if layout == "segment_anything" and _NEW_IN_BLVIT.search(k))
-    missing = tuple(k for k in absent if k not in new)
-    if strict and (unexpected or missing):
-        raise ValueError(
-            f"checkpoint ({layout} layout) does not fit {type(model).__name__}: "
-            f"unexpected keys [{_names(list(unexpected))}]; missing keys [{_names(list(missing))}]"
-        )
+    new = [k for k in absent if layout == "segment_anything" and _NEW_IN_BLVIT.search(k)]
+    missing = [k for k in absent if k not in new]
+    loaded = [k for k in own if k in state]
+    report = LoadReport(loaded, new, missing, unexpected, layout=layout)
+    finish_load(report, what, model, allow_missing=allow, strict=strict)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     if new:
-        logger.info("initialised %d bLViT-only parameters fresh: %s", len(new), _names(list(new)))
-    loaded = [k for k in own if k in state]
-    return LoadReport(loaded, list(new), list(missing), list(unexpected), layout=layout)
+        logger.info("initialised %d bLViT-only parameters fresh: %s", len(new), _names(new))
+    return report
 
 
 def _segment_anything() -> Any:
@@ -107,13 +128,16 @@ def _segment_anything() -> Any:
     return modeling
 
 
-def build_sam(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> nn.Module:
+def build_sam(
+    name: str, checkpoint: str | Path | None = None, *, allow_missing: Sequence[str] = (), **overrides: Any
+) -> nn.Module:
     """A ``segment_anything.modeling.Sam`` whose image encoder is ``create_model(name, **overrides)``.
 
     The prompt encoder and mask decoder are SAM's, sized for the encoder (``img_size``,
     ``out_chans``); with a ``checkpoint`` (a full SAM checkpoint, official layout) they and the
-    encoder's trunk are loaded from it. ``SamPredictor(build_sam(...))`` works unchanged.
-    Returned in eval mode.
+    encoder's trunk are loaded from it, strictly (:func:`load_sam_encoder`; ``allow_missing``
+    names encoder parameters that may keep their init). ``SamPredictor(build_sam(...))`` works
+    unchanged. Returned in eval mode.
     """
     from ..models import create_model
 
@@ -139,7 +163,7 @@ def build_sam(name: str, checkpoint: str | Path | None = None, **overrides: Any)
     )
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
-        load_sam_encoder(encoder, state)
+        load_sam_encoder(encoder, state, allow_missing=allow_missing)
         _load_prompt_and_decoder(sam, state, checkpoint)
     return sam.eval()
 
@@ -147,20 +171,20 @@ def build_sam(name: str, checkpoint: str | Path | None = None, **overrides: Any)
 def _load_prompt_and_decoder(sam: nn.Module, state: StateDict, source: object) -> None:
     rest = {k: v for k, v in state.items() if k.startswith(_DECODER_PREFIXES)}
     if not rest:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{source} has no prompt_encoder.* / mask_decoder.* entries; build_sam needs a full SAM "
             "checkpoint (the sam_vit_b_01ec64.pth layout); load a bare encoder with create_model(pretrained=)"
         )
     own = {k: v for k, v in sam.state_dict().items() if k.startswith(_DECODER_PREFIXES)}
     for key, value in rest.items():
         if key in own and value.shape != own[key].shape:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"{key}: the checkpoint has shape {tuple(value.shape)} but the model expects "
                 f"{tuple(own[key].shape)}"
             )
     missing, unexpected = sorted(set(own) - set(rest)), sorted(set(rest) - set(own))
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{source}: prompt encoder / mask decoder keys do not match SAM's: missing "
             f"[{_names(missing)}]; unexpected [{_names(unexpected)}]"
         )
@@ -191,8 +215,16 @@ def build_benchmark_encoders(
     ``"segment_anything"`` (SAM's original ``ImageEncoderViT``) and ``"timm"`` (timm's
     ``VisionTransformerSAM``, fused attention, returning the neck's output). The weights come
     from ``checkpoint`` (a SAM checkpoint) or, without one, from a seeded random SAM encoder
-    whose relative-position tables are random too.
+    whose relative-position tables are random too. Everything random (that encoder, the
+    parts of ``"blvit"`` a vanilla checkpoint lacks) is drawn from ``seed`` in a forked RNG:
+    the caller's random stream is left as it was.
     """
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: the models are built there
+        torch.random.default_generator.manual_seed(seed)
+        return _benchmark_encoders(name, checkpoint, **overrides)
+
+
+def _benchmark_encoders(name: str, checkpoint: str | Path | None, **overrides: Any) -> dict[str, nn.Module]:
     import timm
 
     from ..models import create_model
@@ -209,7 +241,6 @@ def build_benchmark_encoders(
         use_abs_pos=cfg.use_abs_pos, use_rel_pos=cfg.use_rel_pos, window_size=cfg.window_size,
         global_attn_indexes=cfg.global_attn_indexes,
     )
-    torch.manual_seed(seed)
     sam = modeling.ImageEncoderViT(
         out_chans=cfg.out_chans, norm_layer=partial(nn.LayerNorm, eps=1e-6), **sam_kwargs
     )

@@ -12,6 +12,13 @@
   ``i * little_depth // depth`` of the checkpoint (the same relative depth).
 * :func:`big_little_from_timm` converts a timm ``VisionTransformer`` instance.
 
+Both loaders are strict (see :mod:`routevit.interop.weights`): what the checkpoint should fill
+and does not is an error unless ``allow_missing`` names it, e.g. ``allow_missing=("head.*",)``
+for a checkpoint trained on another number of classes (the head then keeps its init). The
+parts a vanilla checkpoint cannot have (E path, routers, alpha, gamma) are expected to stay
+fresh and are reported as ``fresh``, not as an error. A state dict in routevit's own layout
+(``encoder.blocks.*``: a bLViT checkpoint or run) is loaded by name, exactly.
+
 timm itself is not imported here: checkpoints are plain state dicts, and the converter only reads
 the instance's attributes. Architectures bLViT cannot represent (distilled DeiT, LayerScale, q/k
 norm, no CLS token, register tokens, ...) are refused with a message, never silently dropped.
@@ -23,6 +30,7 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,7 +40,18 @@ from torch import nn
 from ..layers.schedule import Schedule
 from ..models.registry import register_weights_loader
 from ..models.vit import BigLittleViT, BigLittleViTConfig
-from .weights import LoadReport, Source, StateDict, read_state_dict
+from .weights import (
+    LoadReport,
+    Source,
+    StateDict,
+    check_patterns,
+    copy_into,
+    describe,
+    finish_load,
+    is_allowed,
+    load_exact,
+    read_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Checkpoint keys of ViT features bLViT's blocks do not implement -> what they are.
 _UNSUPPORTED = (
+    (r"^neck\.\d|\.attn\.rel_pos_[hw]$", "a SAM image encoder (neck, relative positions), not a ViT "
+     "classifier: load it into a SAM encoder model such as blvit_sam_b_t"),
     (r"^dist_token$|^head_dist\.", "a distilled DeiT (dist_token / head_dist); bLViT has one CLS "
      "token and one head: use the non-distilled deit_*_patch16_224 checkpoint"),
     (r"\.ls[12]\.gamma$", "LayerScale (blocks.*.ls1/ls2.gamma)"),
@@ -126,33 +147,49 @@ def _check_model(model: object) -> BigLittleViT:
     return model
 
 
-def _finish(report: LoadReport, what: str, strict: bool) -> LoadReport:
+def _finish(
+    model: nn.Module, report: LoadReport, what: str, strict: bool, allow_missing: Sequence[str]
+) -> LoadReport:
+    finish_load(report, what, model, allow_missing=allow_missing, strict=strict)
     if report.ok:
         log.info("%s: %s", what, report.summary())
         return report
-    message = f"{what}: {report.summary()}"
-    if strict:
-        raise ValueError(message)
+    message = f"{what}: {report.summary()}"  # strict=False: the caller asked for a partial load
     warnings.warn(message, stacklevel=3)
     log.warning(message)
     return report
 
 
-def load_timm_weights(model: BigLittleViT, source: Source, *, strict: bool = False) -> LoadReport:
+def _is_routevit_layout(state: StateDict) -> bool:
+    return any(k.startswith("encoder.blocks.") for k in state)
+
+
+def load_timm_weights(
+    model: BigLittleViT, source: Source, *, strict: bool = True, allow_missing: Sequence[str] = ()
+) -> LoadReport:
     """Fill the P path, patch embedding, tokens, norm and head from a vanilla ViT/DeiT checkpoint.
 
-    ``source``: a checkpoint file or a state dict. A shape mismatch raises ValueError naming the
-    key and both shapes, except ``pos_embed`` (resampled to the model's grid) and a head for a
-    different number of classes (left fresh, like timm's ``num_classes`` override). Missing and
-    unexpected keys are listed in the returned :class:`LoadReport` and warned about, or raise
-    with ``strict=True``.
+    ``source``: a checkpoint file or a state dict (a routevit bLViT state dict is loaded by name
+    instead, exactly). A shape mismatch raises ValueError naming the key and both shapes, except
+    ``pos_embed`` (resampled to the model's grid). Model entries the checkpoint does not fill
+    (a head trained for another number of classes counts as not filled) and checkpoint entries
+    the model has no place for raise :class:`~routevit.interop.weights.CheckpointMismatchError`,
+    except those ``allow_missing`` names (shell patterns on the model's names, e.g. ``"head.*"``),
+    which keep their init; ``strict=False`` only warns (a partial load the caller asked for).
     """
     model = _check_model(model)
+    allow = check_patterns(allow_missing)
     state = read_state_dict(source)
-    check_supported(state)
-    report = LoadReport(layout="timm")
+    if _is_routevit_layout(state):
+        return load_exact(model, state, allow_missing=allow, strict=strict, what=describe(source))
     kinds = model.config.schedule.kinds
     own = model.state_dict()
+    wanted = [n for n in own if _timm_name(n, kinds) is not None]
+    if not {_timm_name(n, kinds) for n in wanted} & set(state):  # another model's file: say so first
+        finish_load(LoadReport(missing=wanted, unexpected=sorted(state), layout="timm"),
+                    describe(source, "timm "), model)  # fmt: skip
+    check_supported(state)
+    report = LoadReport(layout="timm")
     updates: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for name, target in own.items():
@@ -171,11 +208,16 @@ def load_timm_weights(model: BigLittleViT, source: Source, *, strict: bool = Fal
                 f"pos_embed resampled from {tuple(state[key].shape)} to {tuple(tensor.shape)}"
             )
         elif name.startswith("head.") and _other_class_count(tensor, target):
-            report.fresh.append(name)
+            report.missing.append(name)  # fresh if allow_missing names it, else an error
             report.notes.append(
-                f"{name} left fresh: the checkpoint has {tensor.shape[0]} classes, the model "
+                f"{name} not loaded: the checkpoint has {tensor.shape[0]} classes, the model "
                 f"{target.shape[0]}"
             )
+            continue
+        if tensor.shape != target.shape and is_allowed(name, allow):
+            report.missing.append(name)
+            shapes = f"checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)}"
+            report.notes.append(f"{name} not loaded: {shapes}")
             continue
         if tensor.shape != target.shape:
             raise ValueError(
@@ -185,8 +227,9 @@ def load_timm_weights(model: BigLittleViT, source: Source, *, strict: bool = Fal
         updates[name] = tensor
         report.loaded.append(name)
     report.unexpected = sorted(set(state) - used)
-    _copy_into(model, updates)
-    return _finish(report, "load_timm_weights", strict)
+    _finish(model, report, describe(source, "timm "), strict, allow)
+    copy_into(model, updates)
+    return report
 
 
 def _other_class_count(tensor: torch.Tensor, target: torch.Tensor) -> bool:
@@ -194,21 +237,18 @@ def _other_class_count(tensor: torch.Tensor, target: torch.Tensor) -> bool:
     return tensor.shape != target.shape and tensor.shape[1:] == target.shape[1:]
 
 
-def _copy_into(model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
-    own = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in updates.items():
-            own[name].copy_(tensor)
-
-
-def load_little_weights(model: BigLittleViT, source: Source, *, strict: bool = False) -> LoadReport:
+def load_little_weights(
+    model: BigLittleViT, source: Source, *, strict: bool = True, allow_missing: Sequence[str] = ()
+) -> LoadReport:
     """Fill the E path's inner-width tensors from a vanilla checkpoint of width ``little_dim``.
 
     See the module docstring for which tensors fit. Checkpoint keys outside the blocks are not
     applicable and are not reported; block tensors that do not fit are not reported either.
-    ``missing`` lists the fitting E tensors the checkpoint lacks.
+    ``missing`` lists the fitting E tensors the checkpoint lacks: an error unless
+    ``allow_missing`` names them (or ``strict=False``).
     """
     model = _check_model(model)
+    allow = check_patterns(allow_missing)
     state = read_state_dict(source)
     check_supported({k: v for k, v in state.items() if k.startswith("blocks.")})
     cfg = model.config
@@ -244,9 +284,10 @@ def load_little_weights(model: BigLittleViT, source: Source, *, strict: bool = F
             updates[name] = state[key]
             report.loaded.append(name)
     loaded = set(report.loaded)
-    report.fresh = [n for n in own if ".efficiency." in n and n not in loaded]
-    _copy_into(model, updates)
-    return _finish(report, "load_little_weights", strict)
+    report.fresh = [n for n in own if ".efficiency." in n and n not in loaded and n not in report.missing]
+    _finish(model, report, describe(source, "little "), strict, allow)
+    copy_into(model, updates)
+    return report
 
 
 def _check_timm_vit(vit: nn.Module) -> None:
@@ -326,7 +367,7 @@ def big_little_from_timm(
     model = BigLittleViT(config)
     param = next(vit.parameters())
     model.to(device=param.device, dtype=param.dtype)
-    load_timm_weights(model, vit.state_dict(), strict=True)
+    load_timm_weights(model, vit.state_dict())
     return model
 
 

@@ -213,7 +213,14 @@ class BigLittleEncoder(nn.Module):
         return self.policy.max_keep_ratio()
 
     def set_keep_ratio(self, keep_ratio: float) -> None:
-        """Change the share of tokens routed to the P path, at run time, without retraining."""
+        """Change the share of tokens routed to the P path, at run time, without retraining.
+        A trunk without prediction layers (an unrouted model such as ``sam_vit_b``) routes no
+        tokens and refuses: the ratio would be reported and not used."""
+        if not self.schedule.predict_after:
+            raise ValueError(
+                f"set_keep_ratio({keep_ratio!r}) needs a routed model, got one whose schedule has no "
+                "prediction layers (an unrouted encoder such as sam_vit_b): every token takes every layer"
+            )
         self.policy.set_keep_ratio(keep_ratio)
 
     def forward_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:

@@ -297,7 +297,7 @@ class TopKDispatcher(nn.Module):
         ranking = ranking.view(batch, n // group, group)
         local = ranking.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
         offsets = torch.arange(0, n, group, device=scores.device).view(1, -1, 1)
-        return Routes((local + offsets).view(batch, -1), scores)
+        return Routes((local + offsets).view(batch, (n // group) * k), scores)
 
     def _always_kept_mask(self, n: int, device: torch.device) -> torch.Tensor:
         """``(N,)`` bool, True at the always-kept positions, built on the device from Python ints

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 ModelFactory = Callable[..., nn.Module]
-WeightsLoader = Callable[[nn.Module, Any], Any]
+WeightsLoader = Callable[..., Any]  # loader(model, source, *, allow_missing=()) -> LoadReport
 
 TASKS = ("classification", "sam")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,20 +108,27 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
 
 def register_weights_loader(task: str, role: str, loader: WeightsLoader) -> None:
     """Let factories of ``task`` models load a weights ``role`` (``"pretrained"``,
-    ``"little_pretrained"``) with ``loader(model, source)``; called by :mod:`routevit.interop`."""
+    ``"little_pretrained"``) with ``loader(model, source, allow_missing=...)``, a strict loader
+    that returns a load report; called by :mod:`routevit.interop`."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     _LOADERS[(task, role)] = loader
 
 
-def load_weights(model: nn.Module, task: str, **sources: Any) -> None:
-    """Load each non-None ``role=source`` into ``model`` with the loader registered for it."""
+def load_weights(
+    model: nn.Module, task: str, *, allow_missing: Sequence[str] = (), **sources: Any
+) -> dict[str, Any]:
+    """Load each non-None ``role=source`` into ``model`` with the loader registered for it,
+    strictly: ``allow_missing`` (shell patterns on the model's parameter names) names what may
+    keep its init. Returns each role's load report."""
+    reports = {}
     for role, source in sources.items():
         if source is None:
             continue
         if (task, role) not in _LOADERS:  # `import routevit` imports routevit.interop, which registers them
             raise ValueError(f"no weights loader for {role}= of {task} models (import routevit.interop)")
-        _LOADERS[(task, role)](model, source)
+        reports[role] = _LOADERS[(task, role)](model, source, allow_missing=allow_missing)
+    return reports
 
 
 def _import_model_families() -> None:

@@ -25,7 +25,7 @@ window in window-major order, ascending inside each window.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,13 +232,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _build(name: str, pretrained: str | Path | None, overrides: dict[str, Any]) -> BigLittleSamEncoder:
+def _build(
+    name: str, pretrained: str | Path | None, overrides: dict[str, Any], allow_missing: Sequence[str] = ()
+) -> BigLittleSamEncoder:
     base = CONFIGS[name]
     if "schedule" not in base:
+        if overrides.get("keep_ratio") is not None:
+            raise ValueError(
+                f"{name} routes no tokens (no prediction layers), so keep_ratio does not apply; got "
+                f"keep_ratio={overrides['keep_ratio']!r}"
+            )
         depth = overrides.get("depth", base["depth"])
         base = {**base, "schedule": Schedule(("full",) * depth, ())}
     model = BigLittleSamEncoder(sam_encoder_config(base, **overrides))
-    load_weights(model, "sam", pretrained=pretrained)
+    load_weights(model, "sam", allow_missing=allow_missing, pretrained=pretrained)
     return model
 
 
@@ -248,24 +255,32 @@ _TIMM_SAM_H = "samvit_huge_patch16"
 
 
 @register_model(**_SAM_1024, vanilla="sam_vit_b", bench_baseline=_TIMM_SAM_B)
-def blvit_sam_b_t(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
+def blvit_sam_b_t(
+    pretrained: str | Path | None = None, allow_missing: Sequence[str] = (), **overrides: Any
+) -> BigLittleSamEncoder:
     """SAM ViT-B as B+T: layer 1 full, layers 2-12 big.LITTLE (E: 192 wide, 3 heads)."""
-    return _build("blvit_sam_b_t", pretrained, overrides)
+    return _build("blvit_sam_b_t", pretrained, overrides, allow_missing)
 
 
 @register_model(**_SAM_1024, vanilla="sam_vit_h", bench_baseline=_TIMM_SAM_H)
-def blvit_sam_h_b(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
+def blvit_sam_h_b(
+    pretrained: str | Path | None = None, allow_missing: Sequence[str] = (), **overrides: Any
+) -> BigLittleSamEncoder:
     """SAM ViT-H as H+B: layers 1-9 full, then big.LITTLE and P-only layers alternate (E: 768/12)."""
-    return _build("blvit_sam_h_b", pretrained, overrides)
+    return _build("blvit_sam_h_b", pretrained, overrides, allow_missing)
 
 
 @register_model(**_SAM_1024)
-def sam_vit_b(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
+def sam_vit_b(
+    pretrained: str | Path | None = None, allow_missing: Sequence[str] = (), **overrides: Any
+) -> BigLittleSamEncoder:
     """SAM's vanilla ViT-B encoder on routevit's layers (no routing): a teacher and a baseline."""
-    return _build("sam_vit_b", pretrained, overrides)
+    return _build("sam_vit_b", pretrained, overrides, allow_missing)
 
 
 @register_model(**_SAM_1024)
-def sam_vit_h(pretrained: str | Path | None = None, **overrides: Any) -> BigLittleSamEncoder:
+def sam_vit_h(
+    pretrained: str | Path | None = None, allow_missing: Sequence[str] = (), **overrides: Any
+) -> BigLittleSamEncoder:
     """SAM's vanilla ViT-H encoder on routevit's layers (no routing)."""
-    return _build("sam_vit_h", pretrained, overrides)
+    return _build("sam_vit_h", pretrained, overrides, allow_missing)

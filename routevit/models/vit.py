@@ -7,6 +7,7 @@ Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from os import PathLike
 from typing import Any
@@ -245,6 +246,7 @@ def _build(
     little_pretrained: str | PathLike[str] | None,
     keep_ratio: float | None,
     overrides: dict[str, Any],
+    allow_missing: Sequence[str] = (),
 ) -> BigLittleViT:
     valid = sorted(f.name for f in fields(BigLittleViTConfig) if f.name != "keep_ratio")
     unknown = sorted(set(overrides) - set(valid))
@@ -253,7 +255,10 @@ def _build(
     if keep_ratio is not None:
         overrides["keep_ratio"] = keep_ratio
     model = BigLittleViT(replace(defaults, **overrides))
-    load_weights(model, "classification", pretrained=pretrained, little_pretrained=little_pretrained)
+    load_weights(
+        model, "classification", allow_missing=allow_missing, pretrained=pretrained,
+        little_pretrained=little_pretrained,
+    )  # fmt: skip
     return model
 
 
@@ -273,12 +278,16 @@ def blvit_deit_b_t(
     pretrained: str | PathLike[str] | None = None,
     little_pretrained: str | PathLike[str] | None = None,
     keep_ratio: float | None = None,
+    allow_missing: Sequence[str] = (),
     **overrides: Any,
 ) -> BigLittleViT:
     """B+T: P = ViT-B (768, 12 heads), E = ViT-T width (192, 3 heads); 12 layers, layer 1 full,
     prediction after layers 1, 4, 7, 10. ``pretrained``: a DeiT-B checkpoint file;
-    ``little_pretrained``: a DeiT-Ti checkpoint file."""
-    return _build("blvit_deit_b_t", B_T, pretrained, little_pretrained, keep_ratio, overrides)
+    ``little_pretrained``: a DeiT-Ti checkpoint file. Both load strictly (the E path, routers,
+    alpha and gamma a vanilla file cannot have stay fresh); ``allow_missing``: shell patterns of
+    parameters that may keep their init too, e.g. ``("head.*",)`` for a checkpoint of another
+    number of classes (:func:`routevit.interop.timm.load_timm_weights`)."""
+    return _build("blvit_deit_b_t", B_T, pretrained, little_pretrained, keep_ratio, overrides, allow_missing)
 
 
 @register_model(**_IMAGENET_224, vanilla="vit_huge_patch14_224", bench_baseline="vit_huge_patch14_224")
@@ -286,12 +295,14 @@ def blvit_deit_h_b(
     pretrained: str | PathLike[str] | None = None,
     little_pretrained: str | PathLike[str] | None = None,
     keep_ratio: float | None = None,
+    allow_missing: Sequence[str] = (),
     **overrides: Any,
 ) -> BigLittleViT:
     """H+B: P = ViT-H/14 (1280, 16 heads, 32 layers), E = ViT-B width (768, 12 heads); layers 1-9
     full, then big.LITTLE and P-only layers alternating (32 P-blocks, 12 E-blocks), prediction
-    after layers 8, 16, 24. ``pretrained``: a ViT-H/14 checkpoint; ``little_pretrained``: ViT-B."""
-    return _build("blvit_deit_h_b", H_B, pretrained, little_pretrained, keep_ratio, overrides)
+    after layers 8, 16, 24. ``pretrained``: a ViT-H/14 checkpoint; ``little_pretrained``: ViT-B;
+    ``allow_missing`` as in :func:`blvit_deit_b_t`."""
+    return _build("blvit_deit_h_b", H_B, pretrained, little_pretrained, keep_ratio, overrides, allow_missing)
 
 
 @register_model(**_IMAGENET_224, vanilla="deit_small_patch16_224", bench_baseline="deit_small_patch16_224")
@@ -299,6 +310,7 @@ def blvit_deit_s_t(
     pretrained: str | PathLike[str] | None = None,
     little_pretrained: str | PathLike[str] | None = None,
     keep_ratio: float | None = None,
+    allow_missing: Sequence[str] = (),
     **overrides: Any,
 ) -> BigLittleViT:
     """S+T: P = ViT-S (384, 6 heads), E = width 96 with 2 heads, B+T layout.
@@ -306,7 +318,8 @@ def blvit_deit_s_t(
     The E width is C/4 as in B+T (768 -> 192). 96 channels split into heads of 48, the closest
     to ViT's 64-channel heads that divides 96: three 32-channel heads would make the E path's
     attention even more bound by small-matrix overhead on CPU. No public vanilla model has width
-    96, so ``little_pretrained`` only fits a checkpoint of that width.
+    96, so ``little_pretrained`` only fits a checkpoint of that width. ``allow_missing`` as in
+    :func:`blvit_deit_b_t`.
     """
-    return _build("blvit_deit_s_t", S_T, pretrained, little_pretrained, keep_ratio, overrides)
+    return _build("blvit_deit_s_t", S_T, pretrained, little_pretrained, keep_ratio, overrides, allow_missing)
 

@@ -1,7 +1,8 @@
 """The paper's Table 1 and Table 3 in miniature on CIFAR-10 (``routevit reproduce cifar10``).
 
-Every row is a ``routevit train`` run of a recipe under ``recipes/cifar10/mini_*.yaml`` (so each
-row can be rerun alone), then evaluated on the held-out split (the 500 lexicographically last
+Every row is a ``routevit train`` run of a recipe ``routevit/reproduce/recipes/mini_*.yaml``
+(package data; linked as ``recipes/cifar10/mini_*.yaml`` in a checkout, so each row can be rerun
+alone), then evaluated on the held-out split (the 500 lexicographically last
 files of each class), counted with :func:`routevit.flops.count` and timed against the teacher in
 the same process with :func:`routevit.bench.time_pair` (alternating, median of per-pair ratios).
 
@@ -34,7 +35,9 @@ from ..train.evaluate import evaluate_model
 
 logger = logging.getLogger(__name__)
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "cifar10"
+# Shipped inside the package (pyproject package-data), so a reproduction runs from an installed
+# wheel; recipes/cifar10/mini_*.yaml in a checkout are links to these files.
+RECIPES = Path(__file__).resolve().parent / "recipes"
 IMG = 32
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from ..errors import BAD_INPUT, register_bad_input, removed_if_left_empty, report
 from .build import load_checkpoint_model
 from .checkpoint import resolve_checkpoint
-from .config import Recipe, load_recipe, recipe_from_dict, replace_fields
+from .config import Recipe, factory_overrides, load_recipe, recipe_from_dict, replace_fields
 from .data import BadImageError
 from .engine import NonFiniteLossError, TrainResult, train
 from .evaluate import evaluate_checkpoint
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("routevit.train")
+register_bad_input(BadImageError)  # unreadable images are bad data (exit status 2)
 
 
 def _setup_logging() -> None:
@@ -50,19 +54,24 @@ def _setup_logging() -> None:
     )
 
 
-def train_command(recipe_path: str, overrides: Sequence[str], resume: bool) -> int:
+def train_command(recipe_path: str, overrides: Sequence[str], resume: bool, debug: bool = False) -> int:
     """``routevit train``: 0 when finished, 128 + signal number when stopped by a signal (after
-    saving), 1 on a non-finite loss, 2 on a recipe or data error."""
+    saving), 1 when the run failed (e.g. a non-finite loss), 2 on bad input (recipe, data,
+    checkpoint); the error is one line on stderr (with its traceback when ``debug``). A run
+    folder this call created is removed again if nothing was written into it."""
     _setup_logging()
+    out: Path | None = None
     try:
         recipe = load_recipe(recipe_path, overrides)
-        result = train(recipe, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError, BadImageError) as e:
-        print(f"routevit train: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"routevit train: {e}", file=sys.stderr)
-        return 1
+        out = Path(recipe.run.output)
+        existed = out.exists()
+        with removed_if_left_empty(out):
+            result = train(recipe, resume=resume)
+    except BaseException as e:  # one line and the exit status, whatever it is
+        status = report("train", e, debug)
+        if status == BAD_INPUT and out is not None and not existed:
+            _discard_run_without_checkpoints(out)  # e.g. unreadable images found at the first step
+        return status
     if result.status == "interrupted":
         return 128 + (result.signal or 0)
     logger.info(
@@ -74,6 +83,13 @@ def train_command(recipe_path: str, overrides: Sequence[str], resume: bool) -> i
         result.last_checkpoint,
     )
     return 0
+
+
+def _discard_run_without_checkpoints(out: Path) -> None:
+    """Remove a run folder this call created, refused for bad input before any checkpoint was
+    written (its recipe copy and logs describe a run that did not happen)."""
+    if int(os.environ.get("RANK", "0")) == 0 and out.is_dir() and not list(out.glob("checkpoints/step-*")):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def eval_command(
@@ -96,20 +112,34 @@ def eval_command(
     multimask: bool = False,
     bf16: bool = False,
     box_chunk: int | None = None,
+    model: str | None = None,
+    overrides: Sequence[str] = (),
+    holdout_per_class: int | None = None,
+    debug: bool = False,
 ) -> int:
-    """``routevit eval``: a classification checkpoint prints its metrics as one JSON object; a
-    ``task: sam`` checkpoint prints an mIoU table (1 point, 3 points, box; ``task="miou"``) or
-    the instance mask AP with detector boxes (``task="instances"``) and writes the JSON to
-    ``out`` (default: beside the run's checkpoints)."""
+    """``routevit eval``: a classification checkpoint (or a weights file with ``model``) prints
+    its metrics on every image of ``data`` (or its ``holdout_per_class`` hold-out) as one JSON
+    object; a ``task: sam`` checkpoint prints an mIoU table (1 point, 3 points, box;
+    ``task="miou"``) or the instance mask AP with detector boxes (``task="instances"``) and
+    writes the JSON to ``out`` (default: beside the run's checkpoints). Returns 0, or the exit
+    status of the error printed as one line (2: bad checkpoint, data or option)."""
     _setup_logging()
     instance_flags = {"--detections": detections, "--score-threshold": score_threshold,
                       "--max-detections": max_detections, "--multimask": multimask or None,
                       "--box-chunk": box_chunk}  # fmt: skip
+    classifier_flags = {"--model": model, "--set": list(overrides) or None, "--holdout-per-class":
+                        holdout_per_class}  # fmt: skip
     try:
         if task not in ("miou", "instances"):
             raise ValueError(f"--task must be 'miou' or 'instances', got {task!r}")
-        ckpt = resolve_checkpoint(checkpoint)
-        is_sam = load_recipe(ckpt / "recipe.yaml").task == "sam"
+        if Path(checkpoint).is_file():
+            ckpt, is_sam = Path(checkpoint), False  # a weights file: evaluate_checkpoint checks --model
+        else:
+            ckpt = resolve_checkpoint(checkpoint)
+            is_sam = load_recipe(ckpt / "recipe.yaml").task == "sam"
+        given = [flag for flag, value in classifier_flags.items() if value is not None]
+        if is_sam and given:
+            raise ValueError(f"{', '.join(given)} apply to classifiers only; {str(ckpt)!r} is a SAM one")
         if task == "instances" and is_sam:
             from .sam_instances import evaluate_instances_checkpoint, format_instances_table
 
@@ -149,11 +179,11 @@ def eval_command(
             )
         result = evaluate_checkpoint(
             ckpt, data, batch_size or 256, ema=ema, num_workers=num_workers, device=device,
-            keep_ratio=keep_ratio,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"routevit eval: error: {e}", file=sys.stderr)
-        return 2
+            keep_ratio=keep_ratio, holdout_per_class=holdout_per_class, model=model,
+            overrides=factory_overrides(overrides),
+        )  # fmt: skip
+    except BaseException as e:  # one line and the exit status, whatever it is
+        return report("eval", e, debug)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=1))
     return 0

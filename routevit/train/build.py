@@ -7,7 +7,9 @@ a student: it must offer ``forward_features(x) -> (B, N, C)`` and ``forward_head
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from .checkpoint import load_weights, resolve_checkpoint
+from ..interop.weights import describe, load_exact, read_state_dict
+from .checkpoint import load_into, resolve_checkpoint
 from .config import ModelConfig, Recipe, load_recipe, model_kwargs
 
 logger = logging.getLogger(__name__)
@@ -29,13 +32,17 @@ def _is_routevit(name: str) -> bool:
     return name in list_models()
 
 
-def create_any(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+def create_any(
+    name: str, pretrained: str | None = None, allow_missing: Sequence[str] = (), **kwargs: Any
+) -> nn.Module:
     """routevit.create_model if ``name`` is registered there, else timm.create_model.
 
     ``pretrained`` is a local weights file, or a routevit checkpoint / run folder (its best or
-    newest ``model.safetensors``); None: random init. For routevit models it goes to the factory
-    (bLViT: initializes the P path); for timm models timm loads it, dropping a classifier whose
-    size differs.
+    newest ``model.safetensors``); None: random init. It is loaded strictly, through routevit's
+    one reader: for routevit models by the factory (bLViT: the P path, with the E path, routers,
+    alpha and gamma fresh); for timm models after the model's own ``checkpoint_filter_fn``
+    (official layouts, position embedding resampling). ``allow_missing``: parameter name
+    patterns that may keep their init, e.g. ``("head.*",)`` for a checkpoint of other classes.
     """
     if pretrained is not None and Path(pretrained).is_dir():
         pretrained = str(resolve_checkpoint(pretrained) / "model.safetensors")
@@ -44,7 +51,8 @@ def create_any(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Mo
     if _is_routevit(name):
         from routevit.models import create_model
 
-        return create_model(name, pretrained=pretrained, **kwargs)
+        extra = {"allow_missing": tuple(allow_missing)} if allow_missing else {}
+        return create_model(name, pretrained=pretrained, **extra, **kwargs)
     if "keep_ratio" in kwargs:
         raise ValueError(f"keep_ratio applies to routevit models only; {name!r} is not one")
     if not timm.is_model(name):
@@ -54,9 +62,23 @@ def create_any(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Mo
             f"unknown model {name!r}: neither a routevit model ({list_models()}) nor a timm model "
             "(see timm.list_models())"
         )
-    if pretrained is None:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": pretrained}, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:  # e.g. a typo in model.kwargs: "__init__() got an unexpected keyword ..."
+        raise ValueError(f"timm model {name!r} does not accept the options {sorted(kwargs)}: {err}") from None
+    if pretrained is not None:
+        load_timm_file(model, pretrained, allow_missing)
+    return model
+
+
+def load_timm_file(model: nn.Module, path: str | Path, allow_missing: Sequence[str] = ()) -> None:
+    """Load a weights file into a timm model, strictly, after the model family's
+    ``checkpoint_filter_fn`` (which timm applies to its own pretrained files)."""
+    state = read_state_dict(path)
+    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    load_exact(model, state, allow_missing=allow_missing, what=describe(path))
 
 
 def check_interface(model: nn.Module, role: str) -> None:
@@ -79,7 +101,7 @@ def build_student(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
     }
     if cfg.keep_ratio is not None:
         kwargs["keep_ratio"] = cfg.keep_ratio
-    model = create_any(cfg.name, cfg.pretrained if pretrained else None, **kwargs)
+    model = create_any(cfg.name, cfg.pretrained if pretrained else None, cfg.allow_missing, **kwargs)
     if cfg.token_reduction:
         from routevit.baselines import patch
 
@@ -98,7 +120,7 @@ def load_checkpoint_model(checkpoint: str | Path, ema: bool = False) -> tuple[nn
     ckpt = resolve_checkpoint(checkpoint)
     recipe = load_recipe(ckpt / "recipe.yaml")
     model = build_student(recipe.model, pretrained=False)
-    model.load_state_dict(load_weights(ckpt, ema=ema))
+    load_into(model, ckpt, ema=ema)
     return model.eval(), recipe, ckpt
 
 
@@ -106,8 +128,8 @@ def build_teacher(recipe: Recipe) -> nn.Module | None:
     """The frozen teacher in eval mode, or None when distillation is off.
 
     ``distill.teacher_checkpoint`` may be a routevit checkpoint (or run) directory, whose recipe
-    rebuilds the model; a weights file for ``distill.teacher`` (timm's loader, weights_only); or
-    None for timm's published pretrained weights of ``distill.teacher``.
+    rebuilds the model; a weights file for ``distill.teacher`` (loaded strictly, as
+    ``model.pretrained``); or None for timm's published pretrained weights of ``distill.teacher``.
     """
     d = recipe.distill
     if d.teacher is None:
@@ -136,8 +158,7 @@ def build_teacher(recipe: Recipe) -> nn.Module | None:
         else:
             if not Path(ckpt).is_file():
                 raise FileNotFoundError(f"distill.teacher_checkpoint {ckpt!r} does not exist")
-            teacher = create_any(d.teacher, None, **kwargs)
-            timm.models.load_checkpoint(teacher, ckpt, strict=True, weights_only=True)
+            teacher = create_any(d.teacher, ckpt, **kwargs)
             logger.info("teacher %s from %s", d.teacher, ckpt)
     check_interface(teacher, "teacher")
     teacher.eval().requires_grad_(False)

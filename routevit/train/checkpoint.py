@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from torch import nn
 
+from ..interop.weights import LoadReport, load_exact, read_file, read_state_dict
 from .config import Recipe, save_recipe
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -165,16 +167,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def load_weights(ckpt: Path, ema: bool = False) -> dict[str, torch.Tensor]:
-    """The student (or EMA) weights of a checkpoint directory."""
-    name = "ema.safetensors" if ema else "model.safetensors"
-    path = ckpt / name
+def weights_file(ckpt: Path, ema: bool = False) -> Path:
+    """The student (or EMA) weights file of a checkpoint directory."""
+    path = Path(ckpt) / ("ema.safetensors" if ema else "model.safetensors")
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} does not exist" + (" (run trained without EMA?)" if ema else "")
         )
-    return load_file(str(path))
+    return path
+
+
+def load_weights(ckpt: Path, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The student (or EMA) weights of a checkpoint directory, read by routevit's one reader
+    (a corrupt or truncated file is a one-line ValueError)."""
+    return read_state_dict(weights_file(ckpt, ema))
+
+
+def load_into(model: nn.Module, ckpt: Path, ema: bool = False) -> LoadReport:
+    """Load a checkpoint directory's student (or EMA) weights into ``model``, strictly: every
+    entry must fit by name and shape (:func:`routevit.interop.weights.load_exact`)."""
+    return load_exact(model, weights_file(ckpt, ema))
 
 
 def load_train_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    """``state.pt`` of a checkpoint directory (``weights_only``; a corrupt, truncated or unsafe
+    file is a one-line ValueError)."""
+    state = read_file(Path(ckpt) / "state.pt")
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(
+            f"{str(Path(ckpt) / 'state.pt')!r} must hold a routevit training state (a dict with step, "
+            f"epoch, optimizer, ...), got {type(state).__name__}"
+        )
+    return state

@@ -54,6 +54,10 @@ class ModelConfig:
 
     name: str = "blvit_deit_b_t"
     pretrained: str | None = None  # checkpoint path; for bLViT it initializes the P path
+    # parameters (shell patterns) that ``pretrained`` may leave at their init, e.g. [head.*] to
+    # fine-tune on other classes; everything else must load (bLViT's E path, routers, alpha and
+    # gamma, which a vanilla checkpoint cannot have, always start fresh)
+    allow_missing: tuple[str, ...] = ()
     num_classes: int = 1000
     img_size: int = 224
     drop_path_rate: float = 0.1
@@ -79,7 +83,8 @@ class DistillConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """An ImageFolder tree. With ``holdout_per_class > 0``, validation is the N lexicographically
-    last files of each class of ``train_dir`` and ``val_dir`` must be None."""
+    last files of each class of ``train_dir`` and ``val_dir`` must be None, which is its default
+    then (otherwise ``"val"``); naming both is an error."""
 
     root: str | None = None
     train_dir: str = "train"
@@ -244,6 +249,9 @@ def _validate(r: Recipe) -> None:
         (r.sam.box_noise >= 0, "sam.box_noise", ">= 0", r.sam.box_noise),
         (r.sam.box_noise_max >= 0, "sam.box_noise_max", ">= 0", r.sam.box_noise_max),
     ]
+    if r.task == "classification":  # one class: the loss is 0 and every prediction "right"
+        checks.append((r.model.num_classes >= 2, "model.num_classes", "an integer >= 2 for task "
+                       "classification", r.model.num_classes))  # fmt: skip
     for ok, key, expected, got in checks:
         if not ok:
             raise ValueError(f"recipe key {key} must be {expected}, got {got!r}")
@@ -345,9 +353,18 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _default_val_dir(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data.val_dir`` defaults to ``"val"``, except beside a ``holdout_per_class``, where the
+    validation images are held out of ``train_dir`` and the default is None."""
+    data = values.get("data") if isinstance(values, Mapping) else None
+    if isinstance(data, Mapping) and "val_dir" not in data and data.get("holdout_per_class") not in (None, 0):
+        return {**values, "data": {**data, "val_dir": None}}
+    return values
+
+
 def recipe_from_dict(values: Mapping[str, Any]) -> Recipe:
     """Build a Recipe from nested mappings (missing keys take the defaults)."""
-    return _build(Recipe, values, "")
+    return _build(Recipe, _default_val_dir(values), "")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -368,7 +385,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"an override must look like section.key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ValueError(f"override {key.strip()}: expected a YAML value, got {raw!r}") from None
+
+
+def factory_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items of ``routevit eval`` / ``visualize`` for a weights file (values
+    read as YAML) as model factory keyword arguments: ``["num_classes=10"] -> {"num_classes": 10}``."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key.strip()}: expected a YAML value, got {raw!r}") from None
+    return out
 
 
 def with_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -401,7 +436,16 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recip
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            message = f"recipe {str(path)!r} must be valid YAML, got an error{line}: {problem}"
+            raise ValueError(message) from None
+        except UnicodeDecodeError:
+            raise ValueError(f"recipe {str(path)!r} must be a YAML text file, got binary data") from None
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ValueError(
                 f"recipe {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}"

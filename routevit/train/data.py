@@ -89,7 +89,10 @@ def _folder(root: Path, sub: str, key: str) -> ImageFolder:
     path = root / sub
     if not path.is_dir():
         raise FileNotFoundError(f"{key}: data folder {str(path)!r} does not exist")
-    return ImageFolder(str(path))
+    try:
+        return ImageFolder(str(path))
+    except FileNotFoundError as err:  # no class folder, or no file with an image suffix
+        raise FileNotFoundError(f"{key} {str(path)!r}: expected class folders of images; {err}") from None
 
 
 def find_splits(recipe: Recipe) -> Splits:

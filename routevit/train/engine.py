@@ -187,9 +187,9 @@ class _Run:
         changed = recipe_diff(load_recipe(latest / "recipe.yaml"), self.recipe)
         if changed:
             logger.warning("resuming with a recipe that differs from the checkpoint's in %s", changed)
-        self.student.load_state_dict(ckpt.load_weights(latest))
+        ckpt.load_into(self.student, latest)
         if self.ema is not None:
-            self.ema.module.load_state_dict(ckpt.load_weights(latest, ema=True))
+            ckpt.load_into(self.ema.module, latest, ema=True)
         st = ckpt.load_train_state(latest)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
@@ -224,6 +224,7 @@ class _Run:
             "epoch": self.epoch,
             "samples_in_epoch": self.samples_in_epoch,
             "step": self.step,
+            **self.task.checkpoint_meta(),
             **(metrics or {}),
         }
         ema_state = self.ema.module.state_dict() if self.ema is not None else None

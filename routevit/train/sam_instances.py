@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import atomic_write_text, load_weights, resolve_checkpoint
+from .checkpoint import atomic_write_text, load_into, resolve_checkpoint
 from .config import load_recipe
 from .evaluate import autocast
 from .sam_data import _coco_file
@@ -461,7 +461,7 @@ def evaluate_instances_checkpoint(
     task = prepare_instances(annotations, detections, images, max_images, score_threshold, max_detections)
     dev = resolve_device(device)
     sam = build_sam_student(recipe, pretrained=False)
-    sam.load_state_dict(load_weights(ckpt, ema=ema))
+    load_into(sam, ckpt, ema=ema)
     if keep_ratio is not None:
         if not callable(getattr(sam.image_encoder, "set_keep_ratio", None)):
             raise ValueError(f"--keep-ratio needs a routed encoder; {recipe.model.name!r} has no routing")

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_weights, resolve_checkpoint
+from .checkpoint import load_into, resolve_checkpoint
 from .config import Recipe, load_recipe, model_kwargs
 from .data import ResumableSampler, ShardSampler, _ignore_stop_signals, resumable_loader
 from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
@@ -99,9 +99,9 @@ def build_sam_student(recipe: Recipe, pretrained: bool = True) -> nn.Module:
         raise FileNotFoundError(f"model.pretrained {source!r} does not exist")
     if source is not None and Path(source).is_dir():
         sam = build_sam(m.name, **encoder_overrides(recipe))
-        sam.load_state_dict(load_weights(resolve_checkpoint(source)))
+        load_into(sam, resolve_checkpoint(source))
     else:
-        sam = build_sam(m.name, checkpoint=source, **encoder_overrides(recipe))
+        sam = build_sam(m.name, checkpoint=source, allow_missing=m.allow_missing, **encoder_overrides(recipe))
     train_decoder = recipe.sam.train_decoder
     sam.prompt_encoder.requires_grad_(train_decoder)
     sam.mask_decoder.requires_grad_(train_decoder)
@@ -446,7 +446,7 @@ def evaluate_sam_checkpoint(
     info = init_distributed(device)
     try:
         sam = build_sam_student(recipe, pretrained=False)
-        sam.load_state_dict(load_weights(ckpt, ema=ema))
+        load_into(sam, ckpt, ema=ema)
         if keep_ratio is not None:
             if not callable(getattr(sam.image_encoder, "set_keep_ratio", None)):
                 raise ValueError(f"--keep-ratio needs a routed encoder; {recipe.model.name!r} has no routing")

@@ -79,6 +79,11 @@ class Task:
         """Validation metrics of the student (``val_*``) and of its EMA (``val_ema_*``)."""
         raise NotImplementedError
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What every checkpoint's ``meta.json`` records about the data (after :meth:`setup`),
+        e.g. the class names ``routevit eval`` checks a folder against."""
+        return {}
+
 
 class ClassificationTask(Task):
     """ImageFolder classification with DeiT's augmentation and optional feature distillation."""
@@ -106,6 +111,7 @@ class ClassificationTask(Task):
             supervised_loss(self.mixup is not None, r.augment.label_smoothing), r.distill.lambda_fd
         )
         description = f"{len(splits.train)} images ({len(splits.classes)} classes)"
+        self.classes = list(splits.classes)
         net = WithFeatures(student, self.feature)
         return TaskParts(student, net, teacher, loader, sampler, val, description)
 
@@ -131,6 +137,10 @@ class ClassificationTask(Task):
             res_ema = evaluate_model(ema, loader, device, amp)
             out.update(val_ema_top1=res_ema["top1"], val_ema_top5=res_ema["top5"])
         return out
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The class names in label order (the training folder's class folders, sorted)."""
+        return {"classes": self.classes}
 
 
 class SamTask(Task):
