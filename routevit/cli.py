@@ -7,6 +7,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (None, an
+    off switch, an empty list) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _int_list(minimum: int, what: str) -> Callable[[str], list[int]]:
     """An argparse type: comma-separated integers, each at least ``minimum``."""
 
@@ -141,18 +151,21 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="routevit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="routevit", description=__doc__, formatter_class=_DefaultsHelp)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("bench", help="same-run speed comparison against the vanilla models")
+    bench = sub.add_parser("bench", help="same-run speed comparison against the vanilla models",
+                           formatter_class=_DefaultsHelp)
     bench.add_argument("--model", default="blvit_deit_b_t", help="big.LITTLE model to time")
-    bench.add_argument("--batch-sizes", type=_int_list(1, "batch sizes"), default=[1, 32])
+    bench.add_argument("--batch-sizes", type=_int_list(1, "batch sizes"), default="1,32",
+                       help="comma-separated batch sizes to time")
     bench.add_argument("--keep-ratio", type=float, default=None, help="default: the model's own")
-    bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--warmup", type=int, default=2, help="untimed forward passes of each model first")
+    bench.add_argument("--repeats", type=int, default=7,
+                       help="timed runs of each model, alternating; the report gives their median")
     bench.add_argument(
         "--min-seconds", type=float, default=1.0,
-        help="each timed run repeats the forward pass until it lasts about this long (default 1)",
+        help="each timed run repeats the forward pass until it lasts about this long",
     )
     bench.add_argument("--bf16", action="store_true", help="time under bfloat16 autocast")
     bench.add_argument(
@@ -164,14 +177,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --peers: cast weights and inputs (int8: torchao dynamic int8, the int8 extra)",
     )
     bench.add_argument("--sweep", type=_ratios, default=[], help="keep ratios to sweep, e.g. 0.1,0.25,1")
-    bench.add_argument("--sweep-batch", type=int, default=1)
+    bench.add_argument("--sweep-batch", type=int, default=1, help="batch size of the --sweep runs")
     bench.add_argument("--compile", action="store_true", help="torch.compile both models first")
-    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--device", default="cpu", help="torch device to time on, e.g. cpu, cuda, cuda:1")
     bench.add_argument("--out", help="also write the Markdown report to this file")
     bench.set_defaults(func=_bench)
 
     train = sub.add_parser(
-        "train",
+        "train", formatter_class=_DefaultsHelp,
         help="train a recipe (one process, or each process of torchrun --nproc_per_node N)",
         description="Train a YAML recipe. Exit status: 0 finished, 128+N stopped by signal N (after "
         "saving a checkpoint), 1 non-finite loss, 2 recipe or data error.",
@@ -187,7 +200,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser(
-        "eval",
+        "eval", formatter_class=_DefaultsHelp,
         help="evaluate a checkpoint: top-1/top-5, GMACs and images/s (classification), "
         "1-point / 3-point / box mIoU or instance mask AP with detector boxes (task sam)",
         description="Evaluate a checkpoint. Exit status: 0 done, 2 bad checkpoint, data or option.",
@@ -198,7 +211,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, help="default: 256 (classification), 1 (SAM)")
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.add_argument("--workers", type=int, help="data loader workers (default: the recipe's)")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: cuda when available, else cpu")
     ev.add_argument("--keep-ratio", type=float,
                     help="route this share of tokens instead of the trained one (big.LITTLE models)")
     sam = ev.add_argument_group("SAM checkpoints (task: sam)")
@@ -223,7 +237,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     vis = sub.add_parser(
-        "visualize",
+        "visualize", formatter_class=_DefaultsHelp,
         help="draw which patches the P path receives at each prediction layer (PNG)",
         description="Run a big.LITTLE model on one image and draw, per prediction layer, the patches "
         "routed to the performance path (the paper's Figure 3). Classifiers see the image resized to "
@@ -243,26 +257,28 @@ def _build_parser() -> argparse.ArgumentParser:
     vis.set_defaults(func=_visualize)
 
     rep = sub.add_parser("reproduce", help="the paper's Table 1 and Table 3 in miniature (CIFAR-10)",
+                         formatter_class=_DefaultsHelp,
                          description="Train, evaluate and time every row of the CIFAR-10 miniature of "
                          "the paper's tables; a rerun continues where a killed one stopped.")  # fmt: skip
-    rep.add_argument("target", choices=("cifar10",))
+    rep.add_argument("target", choices=("cifar10",), help="what to reproduce")
     rep.add_argument("--data", required=True, help="CIFAR-10 ImageFolder root (class folders of images)")
     rep.add_argument("--out", default="runs/cifar10_mini", help="run folders and results.json")
     rep.add_argument("--docs", help="Markdown file whose reproduction section is (re)written")
     rep.add_argument("--plot", help="PNG of accuracy against measured images/s")
-    rep.add_argument("--teacher-epochs", type=int, default=4)
-    rep.add_argument("--student-epochs", type=int, default=1)
-    rep.add_argument("--seeds", type=_int_list(0, "seeds"), default=[0, 1],
+    rep.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the vanilla teacher")
+    rep.add_argument("--student-epochs", type=int, default=1, help="epochs of every other row")
+    rep.add_argument("--seeds", type=_int_list(0, "seeds"), default="0,1",
                      help="seeds of the headline rows")
-    rep.add_argument("--batch-size", type=int, default=256)
+    rep.add_argument("--batch-size", type=int, default=256, help="training and evaluation batch size")
     rep.add_argument("--holdout-per-class", type=int, default=500,
                      help="validation: the N lexicographically last files of each class")
     rep.add_argument("--workers", type=int, default=1, help="data loader workers per run")
     rep.add_argument("--max-train-per-class", type=int, help="train on a subset (smoke runs)")
     rep.add_argument("--max-val-per-class", type=int, help="evaluate on a subset (smoke runs)")
-    rep.add_argument("--bench-batch", type=int, default=256)
-    rep.add_argument("--bench-repeats", type=int, default=7)
-    rep.add_argument("--sweep", type=_ratios, default=[0.1, 0.2, 0.25, 0.5, 0.75, 1.0])
+    rep.add_argument("--bench-batch", type=int, default=256, help="batch size of the speed measurements")
+    rep.add_argument("--bench-repeats", type=int, default=7, help="timed pairs per speed measurement")
+    rep.add_argument("--sweep", type=_ratios, default="0.1,0.2,0.25,0.5,0.75,1.0",
+                     help="keep ratios of the inference-time sweep of the trained bLViT-mini")
     rep.add_argument("--only", nargs="*", default=[], help="row keys to run (the teacher always runs)")
     rep.set_defaults(func=_reproduce)
     return parser
