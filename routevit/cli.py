@@ -205,7 +205,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "1-point / 3-point / box mIoU or instance mask AP with detector boxes (task sam)",
         description="Evaluate a checkpoint. Exit status: 0 done, 2 bad checkpoint, data or option.",
     )
-    ev.add_argument("checkpoint", help="checkpoint directory, or a run folder (its best checkpoint)")
+    ev.add_argument("checkpoint", help="checkpoint directory, a run folder (its best checkpoint), or a "
+                    "save_pretrained folder (classification; --data is then its folder of class folders)")
     ev.add_argument("--data", help="dataset root laid out as in the training recipe (default: the recipe's); "
                     "for SAM the images folder, as --images")  # fmt: skip
     ev.add_argument("--batch-size", type=int, help="default: 256 (classification), 1 (SAM)")
@@ -244,8 +245,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "their img_size; SAM encoders see SAM's longest-side resize and padding, with the attention "
         "windows drawn and the padding hatched. Exit status 2 on a bad checkpoint, model or image.",
     )
-    vis.add_argument("checkpoint", help="a `routevit train` run folder or checkpoint directory, or "
-                     "a weights file (.safetensors, .pth, SAM checkpoint) with --model")  # fmt: skip
+    vis.add_argument("checkpoint", help="a `routevit train` run folder or checkpoint directory, a "
+                     "save_pretrained folder, or a weights file (.safetensors, .pth, SAM checkpoint) "
+                     "with --model")  # fmt: skip
     vis.add_argument("image", help="any image file Pillow reads")
     vis.add_argument("--out", required=True, help="PNG file to write")
     vis.add_argument("--model", help="routevit model of a weights file, e.g. blvit_deit_s_t, blvit_sam_b_t")

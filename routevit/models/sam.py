@@ -40,7 +40,7 @@ from ..layers.policies import WindowTopK
 from ..layers.routing import Routes
 from ..layers.schedule import Schedule, b_t_schedule, h_b_schedule
 from ..layers.windows import WindowGrid
-from .registry import load_weights, register_model
+from .registry import load_weights, register_model, save_pretrained
 
 B_T_SCHEDULE = b_t_schedule(12)
 H_B_SCHEDULE = h_b_schedule(32)
@@ -208,6 +208,11 @@ class BigLittleSamEncoder(BigLittleEncoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_routes(x)[0]
 
+    def save_pretrained(self, directory: str | Path, **info: Any) -> Path:
+        """Write this encoder as a portable folder, ``model.safetensors`` + ``config.json``, that
+        ``routevit.create_model(directory)`` rebuilds; see [routevit.hub.save_pretrained][]."""
+        return save_pretrained(self, directory, **info)
+
     def extra_repr(self) -> str:
         return (
             f"img_size={self.img_size}, keep_ratio={self.keep_ratio}, "
@@ -242,7 +247,8 @@ def _build(name: str, pretrained: str | Path | None, overrides: dict[str, Any]) 
     return model
 
 
-_SAM_1024 = dict(task="sam", input_size=(3, 1024, 1024))  # mean/std: ImageNet's, as SAM
+# mean/std: ImageNet's, as SAM; the whole image is resized (SAM's longest side), no classifier
+_SAM_1024 = dict(task="sam", input_size=(3, 1024, 1024), crop_pct=1.0, classifier=None)
 _TIMM_SAM_B = "samvit_base_patch16"
 _TIMM_SAM_H = "samvit_huge_patch16"
 

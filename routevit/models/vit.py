@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from ..layers.embed import PatchEmbed
 from ..layers.encoder import BigLittleEncoder, BlockFn, check_selector, default_block_fn
 from ..layers.routing import Routes
 from ..layers.schedule import LAYOUTS, Schedule, b_t_schedule, h_b_schedule, schedule_for
-from .registry import load_weights, register_model
+from .registry import load_weights, register_model, save_pretrained
 
 __all__ = [
     "LAYOUTS",
@@ -230,6 +231,12 @@ class BigLittleViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_classes)``."""
         return self.forward_head(self.forward_features(x))
+
+    def save_pretrained(self, directory: str | PathLike[str], **info: Any) -> Path:
+        """Write this model as a portable folder, ``model.safetensors`` + ``config.json``
+        (architecture, keep ratio, class names, mean/std, routevit version), that
+        ``routevit.create_model(directory)`` rebuilds; see [routevit.hub.save_pretrained][]."""
+        return save_pretrained(self, directory, **info)
 
     def route_masks(self, routes: list[Routes]) -> torch.Tensor:
         """Which patches took the P path: ``(B, len(routes), H/p, W/p)`` bool, CLS dropped."""

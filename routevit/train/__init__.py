@@ -18,6 +18,7 @@ from .data import BadImageError
 from .engine import NonFiniteLossError, TrainResult, train
 from .evaluate import evaluate_checkpoint
 from .losses import DistillationLoss, feature_distillation_loss
+from .pretrained import checkpoint_recipe
 
 __all__ = [
     "BadImageError",
@@ -109,7 +110,7 @@ def eval_command(
         if task not in ("miou", "instances"):
             raise ValueError(f"--task must be 'miou' or 'instances', got {task!r}")
         ckpt = resolve_checkpoint(checkpoint)
-        is_sam = load_recipe(ckpt / "recipe.yaml").task == "sam"
+        is_sam = checkpoint_recipe(ckpt).task == "sam"
         if task == "instances" and is_sam:
             from .sam_instances import evaluate_instances_checkpoint, format_instances_table
 

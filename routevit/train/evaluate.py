@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from .. import flops
 from .build import load_checkpoint_model
 from .checkpoint import resolve_checkpoint
-from .config import load_recipe
 from .data import eval_loader, find_splits
 from .distributed import all_reduce_sum, cleanup, init_distributed
+from .pretrained import checkpoint_recipe
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -95,7 +95,7 @@ def evaluate_checkpoint(
         overrides.append(f"data.root={data}")
     if num_workers is not None:
         overrides.append(f"data.num_workers={num_workers}")
-    recipe = load_recipe(ckpt / "recipe.yaml", overrides)
+    recipe = checkpoint_recipe(ckpt, overrides)
     splits = find_splits(recipe)
     if not splits.val:
         raise ValueError(
