@@ -25,7 +25,8 @@ CLASSES = ["cat", "dog", "ship", "truck", "plane"]
 
 def tiny(**kw: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    return routevit.create_model("blvit_deit_b_t", **{"depth": 4, "num_classes": 5, "keep_ratio": 0.5, **TINY, **kw})
+    kwargs = {"depth": 4, "num_classes": 5, "keep_ratio": 0.5, **TINY, **kw}
+    return routevit.create_model("blvit_deit_b_t", **kwargs)
 
 
 def same_outputs(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -35,15 +36,17 @@ def same_outputs(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> boo
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     model = tiny()
-    out = model.save_pretrained(tmp_path / "blvit", class_names=CLASSES, mean=(0.5, 0.5, 0.5), std=(0.25,) * 3)
+    out = model.save_pretrained(tmp_path / "blvit", class_names=CLASSES, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["model_name"] == "blvit_deit_b_t" and config["routevit_version"] == routevit.__version__
     assert config["keep_ratio"] == 0.5 and config["class_names"] == CLASSES
     assert config["architecture"]["depth"] == 4 and config["mean"] == [0.5] * 3
     x = torch.randn(2, 3, 32, 32)
-    for loaded in (routevit.create_model(out), routevit.create_model("blvit_deit_b_t", pretrained=out),
-                   routevit.create_model("blvit_deit_b_t", pretrained=out / "model.safetensors")):  # fmt: skip
+    sources = (out, out / "model.safetensors")
+    loads = [routevit.create_model(out)]
+    loads += [routevit.create_model("blvit_deit_b_t", pretrained=source) for source in sources]
+    for loaded in loads:
         assert same_outputs(model, loaded, x)
         assert loaded.keep_ratio == 0.5
         cfg = loaded.pretrained_cfg
@@ -155,7 +158,8 @@ def test_eval_takes_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["eval", str(out), "--data", str(data), "--batch-size", "4", "--workers", "0",
                  "--device", "cpu"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 10 and result["gmacs"] == pytest.approx(routevit.flops.count(tiny(), (3, 32, 32)))
+    assert result["images"] == 10
+    assert result["gmacs"] == pytest.approx(routevit.flops.count(tiny(), (3, 32, 32)))
     sam = routevit.create_model("blvit_sam_b_t", **TINY_SAM).save_pretrained(tmp_path / "sam")
     assert main(["eval", str(sam), "--data", str(data)]) == 2
     assert "prompt encoder and mask decoder" in capsys.readouterr().err
