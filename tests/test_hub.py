@@ -163,3 +163,30 @@ def test_eval_takes_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     sam = routevit.create_model("blvit_sam_b_t", **TINY_SAM).save_pretrained(tmp_path / "sam")
     assert main(["eval", str(sam), "--data", str(data)]) == 2
     assert "prompt encoder and mask decoder" in capsys.readouterr().err
+
+
+def test_a_training_run_exports_to_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("timm")
+    from train_util import make_image_folder, tiny_recipe
+
+    from routevit.cli import main
+    from routevit.train import train
+    from routevit.train.pretrained import export_pretrained
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=16)
+    model = {"name": "blvit_deit_s_t", "keep_ratio": 0.5, "kwargs": {
+        "patch_size": 8, "embed_dim": 32, "num_heads": 2, "little_dim": 16, "little_heads": 1, "depth": 3}}
+    augment = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "crop_pct": 1.0}
+    recipe = tiny_recipe(data, tmp_path / "run", model=model, train={"epochs": 1}, augment=augment)
+    train(recipe)
+    out = export_pretrained(tmp_path / "run", tmp_path / "exported")
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_names"] == ["class_0", "class_1"] and config["mean"] == [0.5] * 3
+    assert config["crop_pct"] == 1.0 and config["keep_ratio"] == 0.5
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(data)]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(out), "--data", str(data), "--workers", "0"]) == 0  # all the images
+    from_folder = json.loads(capsys.readouterr().out)
+    assert (from_run["images"], from_folder["images"]) == (4, 8)  # the run holds 2 per class out
+    assert from_folder["gmacs"] == from_run["gmacs"]

@@ -1,7 +1,7 @@
 """``routevit eval`` on a ``save_pretrained`` folder (``model.safetensors`` + ``config.json``).
 
 A ``routevit train`` checkpoint carries the recipe it was trained with; a ``save_pretrained``
-folder carries the model's config instead. :func:`checkpoint_recipe` gives the evaluation the
+folder carries the model's config instead. [`checkpoint_recipe`][] gives the evaluation the
 recipe it needs either way: the saved ``recipe.yaml``, or one made from ``config.json`` (the
 model, its mean/std, crop and interpolation). For such a folder ``--data`` is the folder of
 class folders to evaluate (an ImageFolder root, e.g. ImageNet's ``val/``), whose sorted class
@@ -10,6 +10,7 @@ folders must be the head's classes in order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def checkpoint_recipe(ckpt: str | Path, overrides: Sequence[str] = ()) -> Recipe
             "keep_ratio": keep_ratio,
             "kwargs": kwargs,
         },
-        "data": {"train_dir": ".", "val_dir": "."},  # --data is the folder of class folders
+        # --data is the folder of class folders; loader workers: at most one per core
+        "data": {"train_dir": ".", "val_dir": ".", "num_workers": min(8, os.cpu_count() or 1)},
         "augment": {
             "mean": config["mean"],
             "std": config["std"],
@@ -68,3 +70,21 @@ def load_pretrained_model(ckpt: str | Path, ema: bool = False) -> nn.Module:
     if ema:
         raise ValueError(f"--ema applies to routevit train checkpoints; {str(ckpt)!r} has one set of weights")
     return load_pretrained(ckpt).eval()
+
+
+def export_pretrained(checkpoint: str | Path, directory: str | Path, ema: bool = False) -> Path:
+    """Write a ``routevit train`` checkpoint (or run folder: its best checkpoint) as a
+    ``save_pretrained`` folder, with the recipe's mean/std, crop and interpolation and, when its
+    data folder is at hand, the class names (the training folder's class folders, in order)."""
+    from .build import load_checkpoint_model
+    from .data import find_splits
+
+    model, recipe, _ = load_checkpoint_model(checkpoint, ema=ema)
+    aug = recipe.augment
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "crop_pct": aug.crop_pct,
+                            "interpolation": aug.interpolation}  # fmt: skip
+    try:
+        class_names = find_splits(recipe).classes if recipe.task == "classification" else None
+    except (ValueError, FileNotFoundError):
+        class_names = None  # the data folder is elsewhere now: saved without names
+    return model.save_pretrained(directory, class_names=class_names, mean=aug.mean, std=aug.std)
