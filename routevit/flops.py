@@ -151,7 +151,7 @@ def analytic_encoder(
     selector: str = "router",
     num_heads: int | None = None,
 ) -> int:
-    """MACs per image of a :class:`~routevit.layers.encoder.BigLittleEncoder`: its layers plus
+    """MACs per image of a [`BigLittleEncoder`][routevit.layers.encoder.BigLittleEncoder]: its layers plus
     one ``Linear(C -> 1)`` router (``N C``) per prediction layer.
 
     With ``selector="cls_attention"`` each prediction layer costs instead the CLS query
@@ -175,8 +175,8 @@ def analytic_encoder(
 
 
 def analytic_vit(config: BigLittleViTConfig, include_attention: bool = False) -> float:
-    """GMACs per image of a :class:`~routevit.models.vit.BigLittleViT` from its config: patch
-    embedding, encoder (:func:`analytic_encoder`, CLS token included in N and K) and head."""
+    """GMACs per image of a [`BigLittleViT`][routevit.models.vit.BigLittleViT] from its config: patch
+    embedding, encoder ([`analytic_encoder`][], CLS token included in N and K) and head."""
     n, dim = config.num_tokens, config.embed_dim
     k = tokens_to_keep(config.keep_ratio, n)
     embed = (n - 1) * dim * config.in_chans * config.patch_size**2

@@ -74,8 +74,9 @@ def save_pretrained(
             folder of this format.
         class_names: the classes of the head's outputs, in order (default: the model's
             ``pretrained_cfg["label_names"]``, if any).
-        mean, std: the normalisation its inputs had in training, in [0, 1] units (default: the
-            model's ``pretrained_cfg``, else its registered facts, else ImageNet's).
+        mean: the per-channel mean its inputs were normalised with in training, in [0, 1] units
+            (default: the model's ``pretrained_cfg``, else its registered facts, else ImageNet's).
+        std: the per-channel standard deviation, likewise.
         name: the registered model name (default: ``pretrained_cfg["architecture"]``, set by
             ``create_model``; a model built from its class directly is saved without one and
             rebuilt from its class).

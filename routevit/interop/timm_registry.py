@@ -100,7 +100,7 @@ def registered() -> list[str]:
 
 
 class _AfterTimmImport(importlib.abc.MetaPathFinder):
-    """Finds ``timm`` with the other finders and runs :func:`register_all` once its module has
+    """Finds ``timm`` with the other finders and runs [`register_all`][] once its module has
     executed; removes itself from ``sys.meta_path`` on first use."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:

@@ -1,5 +1,5 @@
 """Named model configurations, timm-style: ``register_model``, ``create_model``, ``list_models``,
-and each model's facts (:class:`ModelInfo`) that the commands read instead of keeping their own
+and each model's facts ([`ModelInfo`][]) that the commands read instead of keeping their own
 tables: the task, the input size and normalisation, the unrouted twin and the baseline that
 ``routevit bench`` times it against.
 
@@ -108,7 +108,7 @@ _FAMILIES: tuple[str, ...] = ("vit", "sam")
 
 
 def register_model(fn: ModelFactory | None = None, /, **facts: Any) -> Any:
-    """Decorator: register a factory under its function name with its :class:`ModelInfo` facts
+    """Decorator: register a factory under its function name with its [`ModelInfo`][] facts
     (``task``, ``input_size``, ``mean``, ``std``, ``vanilla``, ``bench_baseline``); bare
     ``@register_model`` registers a 224px ImageNet classifier::
 
@@ -195,7 +195,7 @@ def _pretrained_folder(source: object) -> Path | None:
 
 def register_weights_loader(task: str, role: str, loader: WeightsLoader) -> None:
     """Let factories of ``task`` models load a weights ``role`` (``"pretrained"``,
-    ``"little_pretrained"``) with ``loader(model, source)``; called by :mod:`routevit.interop`."""
+    ``"little_pretrained"``) with ``loader(model, source)``; called by [`routevit.interop`][]."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     _LOADERS[(task, role)] = loader

@@ -2,7 +2,7 @@
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``norm``, ``head``; the trunk's blocks under ``encoder.blocks``) so that
-:mod:`routevit.interop.timm` can load DeiT checkpoints into the performance path.
+[`routevit.interop.timm`][] can load DeiT checkpoints into the performance path.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BigLittleViTConfig:
-    """Architecture of a :class:`BigLittleViT`; defaults are the paper's B+T on 224px images.
+    """Architecture of a [`BigLittleViT`][]; defaults are the paper's B+T on 224px images.
 
     ``embed_dim``/``num_heads`` are the performance (vanilla) path, ``little_dim``/``little_heads``
     the efficiency path's inner width. ``layout`` names the schedule (``"b_t"`` or ``"h_b"``),
-    built for ``depth`` layers, or is a :class:`Schedule` of ``depth`` layers.
+    built for ``depth`` layers, or is a [`Schedule`][] of ``depth`` layers.
 
-    Ablation switches (the paper's Table 3; :func:`routevit.baselines.ablation.table3_config`
+    Ablation switches (the paper's Table 3; [`routevit.baselines.ablation.table3_config`][]
     sets them per row): ``selector`` is ``"router"`` (the paper's prediction layers) or
     ``"cls_attention"`` (parameter-free, Evo-ViT-style: the CLS token's attention in the next
     routed layer's P-block ranks the tokens; no routers, no score scaling); ``semi_cross=False``
@@ -114,7 +114,7 @@ class BigLittleViT(nn.Module):
     ``forward_features(x)``: ``(B, in_chans, H, W) -> (B, N, C)`` after the final norm, where
     ``N = 1 + (H / patch)^2`` (CLS first). ``forward_head(x)``: ``(B, N, C) -> (B, num_classes)``.
     The CLS token is always routed to the performance path. ``block_fn`` replaces the blocks
-    the trunk builds (see :func:`routevit.layers.default_block_fn`), e.g. with your own E block.
+    the trunk builds (see [`routevit.layers.default_block_fn`][]), e.g. with your own E block.
     """
 
     def __init__(
@@ -211,9 +211,9 @@ class BigLittleViT(nn.Module):
         return torch.cat([cls, tokens], dim=1) + self.pos_embed
 
     def forward_features_with_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
-        """Features ``(B, N, C)`` and the :class:`Routes` of every prediction layer, in order.
+        """Features ``(B, N, C)`` and the [`Routes`][] of every prediction layer, in order.
 
-        Route indices count the CLS token as position 0; see :meth:`route_masks`.
+        Route indices count the CLS token as position 0; see [`route_masks`][].
         """
         x, routes = self.encoder.forward_routes(self._embed(x))
         return self.norm(x), routes
