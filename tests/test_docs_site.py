@@ -103,7 +103,7 @@ def test_home_page_installs_shows_speed_and_its_example_runs(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(example, "docs/index.md", "exec"), namespace)
-    assert (tmp_path / "blvit_b_t" / "config.json").is_file()
+    assert (tmp_path / "blvit" / "config.json").is_file()
     assert namespace["again"].keep_ratio == 0.1  # type: ignore[attr-defined]
 
 
