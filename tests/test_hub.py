@@ -171,7 +171,7 @@ def test_a_training_run_exports_to_a_folder(tmp_path: Path, capsys: pytest.Captu
 
     from routevit.cli import main
     from routevit.train import train
-    from routevit.train.pretrained import export_pretrained
+    from routevit.train.export import export_pretrained
 
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=16)
     model = {"name": "blvit_deit_s_t", "keep_ratio": 0.5, "kwargs": {
