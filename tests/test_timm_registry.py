@@ -45,17 +45,22 @@ IMPORT_ORDERS = {
     # importing routevit alone leaves timm (two seconds of imports) alone
     "routevit_first": "import sys, routevit; assert 'timm' not in sys.modules; import timm",
     "timm_first": "import timm, routevit",
+    # a model registered later joins timm's registry at once
+    "registered_later": "import timm, routevit\nfrom routevit.models import register_model\n"
+    "@register_model\ndef blvit_sam_b_t_copy(**kw): return routevit.create_model('blvit_sam_b_t', **kw)\n"
+    "assert timm.is_model('blvit_sam_b_t_copy')",
 }
 
 
 @pytest.mark.parametrize("order", sorted(IMPORT_ORDERS))
 def test_either_import_order_registers_the_models(order: str) -> None:
+    """In a fresh interpreter (a test here would leave the registries changed for the others)."""
     import subprocess
     import sys
 
     from train_util import subprocess_env
 
-    code = IMPORT_ORDERS[order] + "; assert timm.is_model('blvit_sam_b_t')"
+    code = IMPORT_ORDERS[order] + "\nassert timm.is_model('blvit_sam_b_t')"
     run = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
 

@@ -20,8 +20,8 @@ means what routevit's ``pretrained=PATH`` means (e.g. DeiT-B weights for the P p
 Importing timm costs about two seconds, so ``import routevit`` does not do it: it calls
 [register_when_timm_is_imported][routevit.interop.timm_registry.register_when_timm_is_imported],
 which registers the models right away if timm is already imported and otherwise the moment
-timm's import finishes, whichever of the two a program imports first. A model registered with
-``@register_model`` after that needs [register_all][routevit.interop.timm_registry.register_all].
+timm's import finishes, whichever of the two a program imports first; a model registered with
+``@register_model`` later joins at once.
 A name timm already has for a model of its own is left to timm (none today).
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 from torch import nn
 
-from ..models.registry import create_model, list_models, model_info
+from ..models.registry import create_model, list_models, model_info, on_register
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +76,29 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
     return create
 
 
-def register_all() -> list[str]:
-    """Register every routevit model with timm (again after new ``@register_model``s); returns the
-    names registered so far."""
+def _register(name: str) -> None:
     import timm
     from timm.models import generate_default_cfgs, register_model
     from timm.models._registry import _model_to_module
 
-    pending = [n for n in list_models() if n not in _REGISTERED]
-    for name in pending:
-        if timm.is_model(name) and _model_to_module.get(name) != __name__.rsplit(".", 1)[-1]:
-            log.warning("timm already has a model named %s; routevit's is not registered with timm", name)
-            continue
-        default_cfgs.update(generate_default_cfgs({name: model_info(name).pretrained_cfg()}))
-        setattr(sys.modules[__name__], name, register_model(_entrypoint(name)))
-        _REGISTERED.append(name)
+    if name in _REGISTERED:
+        return
+    if timm.is_model(name) and _model_to_module.get(name) != __name__.rsplit(".", 1)[-1]:
+        log.warning("timm already has a model named %s; routevit's is not registered with timm", name)
+        return
+    default_cfgs.update(generate_default_cfgs({name: model_info(name).pretrained_cfg()}))
+    setattr(sys.modules[__name__], name, register_model(_entrypoint(name)))
+    _REGISTERED.append(name)
+
+
+def register_all() -> list[str]:
+    """Register every routevit model with timm, and from then on each model that
+    ``@register_model`` adds; returns the names registered."""
+    if sys.modules.get("timm", False) is None:  # a program that blocks timm's import
+        return []
+    on_register(_register)
+    for name in list_models():
+        _register(name)
     return list(_REGISTERED)
 
 
@@ -123,7 +131,7 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
 
 def register_when_timm_is_imported() -> None:
     """Register routevit's models with timm now if timm is imported, else as soon as it is."""
-    if "timm" in sys.modules:
+    if "timm" in sys.modules:  # imported, or blocked (None): register_all tells them apart
         register_all()
     elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterTimmImport())

@@ -102,6 +102,7 @@ _MODELS: dict[str, tuple[ModelFactory, ModelInfo]] = {}
 _LOADERS: dict[tuple[str, str], WeightsLoader] = {}
 # the portable folder format (routevit.hub): "folder" (path -> the folder or None), "load", "save"
 _FOLDER_FORMAT: dict[str, Callable[..., Any]] = {}
+_REGISTER_HOOKS: list[Callable[[str], None]] = []  # called with each newly registered name
 
 # Modules under routevit.models whose import registers a model family.
 _FAMILIES: tuple[str, ...] = ("vit", "sam")
@@ -122,9 +123,18 @@ def register_model(fn: ModelFactory | None = None, /, **facts: Any) -> Any:
         if name in _MODELS:
             raise ValueError(f"a model named {name!r} is already registered")
         _MODELS[name] = (factory, ModelInfo(name, **facts))
+        for hook in list(_REGISTER_HOOKS):
+            hook(name)
         return factory
 
     return decorate if fn is None else decorate(fn)
+
+
+def on_register(hook: Callable[[str], None]) -> None:
+    """Call ``hook(name)`` for every model registered from now on (once per hook); used by
+    [routevit.interop.timm_registry][] to keep timm's registry in step."""
+    if hook not in _REGISTER_HOOKS:
+        _REGISTER_HOOKS.append(hook)
 
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
