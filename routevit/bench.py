@@ -184,7 +184,7 @@ def compare(
     bf16: bool = False,
     min_seconds: float = 0.0,
 ) -> list[PairTiming]:
-    """A :class:`PairTiming` per batch size (both models are put in eval mode)."""
+    """A [`PairTiming`][] per batch size (both models are put in eval mode)."""
     candidate.eval()
     baseline.eval()
     kw = {"warmup": warmup, "repeats": repeats, "bf16": bf16, "min_seconds": min_seconds}
@@ -197,7 +197,7 @@ def format_table(
     macs: tuple[float, float],
     timings: Sequence[PairTiming],
 ) -> str:
-    """A Markdown table of :func:`compare` results; ``macs`` = (candidate, baseline) GMACs/image."""
+    """A Markdown table of [`compare`][] results; ``macs`` = (candidate, baseline) GMACs/image."""
     lines = [
         f"candidate: {candidate_name} ({macs[0]:.2f} GMACs/image); baseline: {baseline_name} "
         f"({macs[1]:.2f} GMACs/image); MAC ratio {macs[1] / macs[0]:.2f}x",

@@ -144,7 +144,7 @@ def run_peers(
     min_seconds: float = 1.0,
     device: str = "cpu",
 ) -> str:
-    """The Markdown table of :mod:`routevit.bench_peers` (see the module docstring)."""
+    """The Markdown table of [`routevit.bench_peers`][] (see the module docstring)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if autocast and dtype != "fp32":

@@ -68,6 +68,16 @@ def _device(text: str) -> str:
     return text
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (None, an
+    off switch, an empty list) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _int_list(minimum: int, what: str) -> Callable[[str], list[int]]:
     """An argparse type: comma-separated integers, each at least ``minimum``."""
 
@@ -204,25 +214,29 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="routevit", description=__doc__)
+    parser = _Parser(prog="routevit", description=__doc__, formatter_class=_DefaultsHelp)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     positive, non_negative = _number(int, 1, "an integer >= 1"), _number(int, 0, "an integer >= 0")
 
     bench = sub.add_parser(
-        "bench", parents=[common], help="same-run speed comparison against the vanilla models",
+        "bench", parents=[common], formatter_class=_DefaultsHelp,
+        help="same-run speed comparison against the vanilla models",
         description="Time a big.LITTLE model against the vanilla models it replaces, in one process. "
         + EXIT_STATUS.format("model or flag"),
     )  # fmt: skip
     bench.add_argument("--model", default="blvit_deit_b_t", help="big.LITTLE model to time")
-    bench.add_argument("--batch-sizes", type=_int_list(1, "batch sizes"), default=[1, 32])
+    bench.add_argument("--batch-sizes", type=_int_list(1, "batch sizes"), default="1,32",
+                       help="comma-separated batch sizes to time")
     bench.add_argument("--keep-ratio", type=_keep_ratio, default=None, help="default: the model's own")
-    bench.add_argument("--warmup", type=non_negative, default=2)
-    bench.add_argument("--repeats", type=positive, default=7)
+    bench.add_argument("--warmup", type=non_negative, default=2,
+                       help="untimed forward passes of each model first")
+    bench.add_argument("--repeats", type=positive, default=7,
+                       help="timed runs of each model, alternating; the report gives their median")
     bench.add_argument(
         "--min-seconds", type=_number(float, 0.0, "a number of seconds >= 0"), default=1.0,
-        help="each timed run repeats the forward pass until it lasts about this long (default 1)",
+        help="each timed run repeats the forward pass until it lasts about this long ",
     )
     bench.add_argument("--bf16", action="store_true", help="time under bfloat16 autocast")
     bench.add_argument(
@@ -234,14 +248,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --peers: cast weights and inputs (int8: torchao dynamic int8, the int8 extra)",
     )
     bench.add_argument("--sweep", type=_ratios, default=[], help="keep ratios to sweep, e.g. 0.1,0.25,1")
-    bench.add_argument("--sweep-batch", type=positive, default=1)
+    bench.add_argument("--sweep-batch", type=positive, default=1, help="batch size of the --sweep runs")
     bench.add_argument("--compile", action="store_true", help="torch.compile both models first")
     bench.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N")
     bench.add_argument("--out", help="also write the Markdown report to this file")
     bench.set_defaults(func=_bench)
 
     train = sub.add_parser(
-        "train", parents=[common],
+        "train", parents=[common], formatter_class=_DefaultsHelp,
         help="train a recipe (one process, or each process of torchrun --nproc_per_node N)",
         description="Train a YAML recipe. Exit status: 0 finished, 128+N stopped by signal N (after "
         "saving a checkpoint), 1 the run failed (e.g. a non-finite loss), 2 bad input (recipe, data, "
@@ -258,15 +272,15 @@ def _build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser(
-        "eval", parents=[common],
+        "eval", parents=[common], formatter_class=_DefaultsHelp,
         help="evaluate a checkpoint: top-1/top-5, GMACs and images/s (classification), "
         "1-point / 3-point / box mIoU or instance mask AP with detector boxes (task sam)",
         description="Evaluate a checkpoint. A classifier scores every image of the --data folder's "
         "class folders, whose names must be the ones it was trained on. "
         + EXIT_STATUS.format("checkpoint, data or flag"),
     )  # fmt: skip
-    ev.add_argument("checkpoint", help="checkpoint directory, a run folder (its best checkpoint), or a "
-                    "weights file with --model")  # fmt: skip
+    ev.add_argument("checkpoint", help="checkpoint directory, a run folder (its best checkpoint), a "
+                    "save_pretrained folder, or a weights file with --model")  # fmt: skip
     ev.add_argument("--data", help="classification: a folder of class folders, every image of which is "
                     "scored (default: the recipe's validation split); SAM: the images folder, as --images")
     ev.add_argument("--holdout-per-class", type=positive, metavar="N",
@@ -278,7 +292,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=positive, help="default: 256 (classification), 1 (SAM)")
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.add_argument("--workers", type=non_negative, help="data loader workers (default: the recipe's)")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: cuda when available, else cpu")
     ev.add_argument("--keep-ratio", type=_keep_ratio,
                     help="route this share of tokens instead of the trained one (big.LITTLE models)")
     sam = ev.add_argument_group("SAM checkpoints (task: sam)")
@@ -303,7 +318,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     vis = sub.add_parser(
-        "visualize", parents=[common],
+        "visualize", parents=[common], formatter_class=_DefaultsHelp,
         help="draw which patches the P path receives at each prediction layer (PNG)",
         description="Run a big.LITTLE model on one image and draw, per prediction layer, the patches "
         "routed to the performance path (the paper's Figure 3). Classifiers see the whole image, its "
@@ -311,8 +326,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "SAM's longest-side resize and padding, with the attention windows drawn and the padding "
         "hatched. " + EXIT_STATUS.format("checkpoint, model, image or flag"),
     )  # fmt: skip
-    vis.add_argument("checkpoint", help="a `routevit train` run folder or checkpoint directory, or "
-                     "a weights file (.safetensors, .pth, SAM checkpoint) with --model")  # fmt: skip
+    vis.add_argument("checkpoint", help="a `routevit train` run folder or checkpoint directory, a "
+                     "save_pretrained folder, or a weights file (.safetensors, .pth, SAM checkpoint) "
+                     "with --model")  # fmt: skip
     vis.add_argument("image", help="any image file Pillow reads")
     vis.add_argument("--out", required=True, help="PNG file to write")
     vis.add_argument("--model", help="routevit model of a weights file, e.g. blvit_deit_s_t, blvit_sam_b_t")
@@ -325,29 +341,30 @@ def _build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--ema", action="store_true", help="draw a checkpoint's EMA weights")
     vis.set_defaults(func=_visualize)
 
-    rep = sub.add_parser("reproduce", parents=[common],
+    rep = sub.add_parser("reproduce", parents=[common], formatter_class=_DefaultsHelp,
                          help="the paper's Table 1 and Table 3 in miniature (CIFAR-10)",
                          description="Train, evaluate and time every row of the CIFAR-10 miniature of "
                          "the paper's tables; a rerun continues where a killed one stopped. "
                          + EXIT_STATUS.format("data or flag"))  # fmt: skip
-    rep.add_argument("target", choices=("cifar10",))
+    rep.add_argument("target", choices=("cifar10",), help="what to reproduce")
     rep.add_argument("--data", required=True, help="CIFAR-10 ImageFolder root (class folders of images)")
     rep.add_argument("--out", default="runs/cifar10_mini", help="run folders and results.json")
     rep.add_argument("--docs", help="Markdown file whose reproduction section is (re)written")
     rep.add_argument("--plot", help="PNG of accuracy against measured images/s")
-    rep.add_argument("--teacher-epochs", type=positive, default=4)
-    rep.add_argument("--student-epochs", type=positive, default=1)
-    rep.add_argument("--seeds", type=_int_list(0, "seeds"), default=[0, 1],
+    rep.add_argument("--teacher-epochs", type=positive, default=4, help="epochs of the vanilla teacher")
+    rep.add_argument("--student-epochs", type=positive, default=1, help="epochs of every other row")
+    rep.add_argument("--seeds", type=_int_list(0, "seeds"), default="0,1",
                      help="seeds of the headline rows")
-    rep.add_argument("--batch-size", type=positive, default=256)
+    rep.add_argument("--batch-size", type=positive, default=256, help="training and evaluation batch size")
     rep.add_argument("--holdout-per-class", type=positive, default=500,
                      help="validation: the N lexicographically last files of each class")
     rep.add_argument("--workers", type=non_negative, default=1, help="data loader workers per run")
     rep.add_argument("--max-train-per-class", type=positive, help="train on a subset (smoke runs)")
     rep.add_argument("--max-val-per-class", type=positive, help="evaluate on a subset (smoke runs)")
-    rep.add_argument("--bench-batch", type=positive, default=256)
-    rep.add_argument("--bench-repeats", type=positive, default=7)
-    rep.add_argument("--sweep", type=_ratios, default=[0.1, 0.2, 0.25, 0.5, 0.75, 1.0])
+    rep.add_argument("--bench-batch", type=positive, default=256, help="batch size of the speed measurements")
+    rep.add_argument("--bench-repeats", type=positive, default=7, help="timed pairs per speed measurement")
+    rep.add_argument("--sweep", type=_ratios, default="0.1,0.2,0.25,0.5,0.75,1.0",
+                     help="keep ratios of the inference-time sweep of the trained bLViT-mini")
     rep.add_argument("--only", nargs="*", default=[], help="row keys to run (the teacher always runs)")
     rep.set_defaults(func=_reproduce)
     parser.commands = dict(sub.choices)

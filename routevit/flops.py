@@ -5,17 +5,21 @@ tokens it routes (fvcore-style tracers that read the graph statically do not see
 table lacks the CPU flash-attention kernel that scaled_dot_product_attention calls on CPU;
 we add it with torch's own SDPA formula.
 
-Two conventions:
+**One unit, one default, everywhere in routevit** (this module, ``routevit bench``,
+``routevit eval``, ``routevit reproduce``):
 
-* **paper** (``include_attention=False``, the default of :func:`count`): MACs of the Linear and
-  Conv layers only. The attention matmuls (``Q K^T`` and ``A V``) are left out, as fvcore leaves
-  out a fused attention op; this is how the paper's DeiT-B gets 16.86 GFLOPs
+* the unit is **MACs per image** (per sample of the batch): [count_macs][routevit.flops.count_macs]
+  returns them as an ``int``, [count][routevit.flops.count] and
+  [analytic_vit][routevit.flops.analytic_vit] the same number in GMACs (``/ 1e9``);
+* the default is the **paper's convention**, ``include_attention=False``: MACs of the Linear
+  and Conv layers only. The attention matmuls (``Q K^T`` and ``A V``) are left out, as fvcore
+  leaves out a fused attention op; this is how the paper's DeiT-B gets 16.86 GFLOPs
   (12 layers x 12 N C^2 + patch embedding + head, N = 197, C = 768).
-* **all** (``include_attention=True``): also the attention matmuls, ``2 N_q N_k C`` per layer.
+  ``include_attention=True`` adds them, ``2 N_q N_k C`` per layer.
 
 The split is made by aten op: Linear layers lower to ``mm``/``addmm`` and convolutions to
 ``convolution``, while attention runs as batched matmuls (``bmm``/``baddbmm``) or a fused SDPA
-kernel. :func:`analytic` gives the paper's per-layer formulas for a cross-check.
+kernel. [analytic][routevit.flops.analytic] gives the paper's per-layer formulas for a cross-check.
 """
 
 from __future__ import annotations
@@ -42,14 +46,21 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 
 
 def count_macs(
-    module: nn.Module, *inputs: object, include_attention: bool = True, **kwargs: object
+    module: nn.Module, *inputs: object, include_attention: bool = False, **kwargs: object
 ) -> int:
-    """Multiply-accumulates of one ``module(*inputs, **kwargs)`` call (whole batch).
+    """Multiply-accumulates per sample of one ``module(*inputs, **kwargs)`` call.
 
-    Counts the attention matmuls unless ``include_attention=False`` (the paper's convention).
+    The call is counted whole and divided by its batch size, the first dimension of the first
+    tensor argument (``(B, 3, H, W)`` images, ``(B, N, C)`` tokens): the same unit as
+    [count][routevit.flops.count], which gives it in GMACs. Paper convention (Linear and Conv
+    layers) unless ``include_attention=True``, which adds the attention matmuls.
     """
+    tensors = [a for a in (*inputs, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0]
+    if not tensors:
+        raise TypeError("count_macs needs a batched tensor argument, e.g. (B, 3, H, W) images")
     by_op = count_macs_by_op(module, *inputs, **kwargs)
-    return sum(macs for op, macs in by_op.items() if include_attention or op in WEIGHT_OPS)
+    total = sum(macs for op, macs in by_op.items() if include_attention or op in WEIGHT_OPS)
+    return round(total / tensors[0].shape[0])
 
 
 def count(
@@ -59,7 +70,8 @@ def count(
     *,
     include_attention: bool = False,
 ) -> float:
-    """GMACs per image of ``model`` on a random ``(batch_size, *input_size)`` input.
+    """GMACs per image of ``model`` on a random ``(batch_size, *input_size)`` input:
+    [count_macs][routevit.flops.count_macs] ``/ 1e9``.
 
     Paper convention by default (Linear + Conv only); ``include_attention=True`` adds the
     attention matmuls. A model on the ``meta`` device is counted without allocating weights.
@@ -82,7 +94,7 @@ def count(
         macs = count_macs(model, x, include_attention=include_attention)
     finally:
         model.train(was_training)
-    return macs / batch_size / 1e9
+    return macs / 1e9
 
 
 ANALYTIC_KINDS = ("vanilla", "big_little", "performance", "efficiency")
@@ -143,7 +155,7 @@ def analytic_encoder(
     selector: str = "router",
     num_heads: int | None = None,
 ) -> int:
-    """MACs per image of a :class:`~routevit.layers.encoder.BigLittleEncoder`: its layers plus
+    """MACs per image of a [`BigLittleEncoder`][routevit.layers.encoder.BigLittleEncoder]: its layers plus
     one ``Linear(C -> 1)`` router (``N C``) per prediction layer.
 
     With ``selector="cls_attention"`` each prediction layer costs instead the CLS query
@@ -167,8 +179,8 @@ def analytic_encoder(
 
 
 def analytic_vit(config: BigLittleViTConfig, include_attention: bool = False) -> float:
-    """GMACs per image of a :class:`~routevit.models.vit.BigLittleViT` from its config: patch
-    embedding, encoder (:func:`analytic_encoder`, CLS token included in N and K) and head."""
+    """GMACs per image of a [`BigLittleViT`][routevit.models.vit.BigLittleViT] from its config: patch
+    embedding, encoder ([`analytic_encoder`][], CLS token included in N and K) and head."""
     n, dim = config.num_tokens, config.embed_dim
     k = tokens_to_keep(config.keep_ratio, n)
     embed = (n - 1) * dim * config.in_chans * config.patch_size**2
@@ -185,7 +197,8 @@ WEIGHT_OPS: frozenset[str] = frozenset({"addmm", "mm", "convolution"})
 
 
 def count_macs_by_op(module: nn.Module, *inputs: object, **kwargs: object) -> dict[str, int]:
-    """MACs of one ``module(*inputs)`` call per aten op name (``addmm``, ``bmm``, ...).
+    """MACs of one whole ``module(*inputs)`` call (all samples) per aten op name (``addmm``,
+    ``bmm``, ...): the raw counts behind [count_macs][routevit.flops.count_macs].
 
     ``sum(v for k, v in result.items() if k in WEIGHT_OPS)`` is the weight-layers-only count;
     the sum of all values adds the attention matmuls (and the relative-position einsums).

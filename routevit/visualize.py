@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .hub import load_pretrained, pretrained_folder
 from .interop.weights import model_from_file
 from .models import list_models, model_info
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
@@ -151,7 +152,9 @@ def load_model(
     Args:
         checkpoint: a ``routevit train`` run folder, its ``checkpoints/`` folder or one
             checkpoint directory (the model is rebuilt from the saved recipe, exactly as
-            ``routevit eval`` does); or a weights file (``.safetensors``, or a ``torch.save``d
+            ``routevit eval`` does); a ``save_pretrained`` folder (rebuilt from its
+            ``config.json``; ``model`` and ``overrides`` are checked against it / applied); or a
+            weights file (``.safetensors``, or a ``torch.save``d
             state dict, optionally under ``"model"``/``"state_dict"``), which needs ``model``.
         model: a registered routevit model name for a weights file, e.g. ``"blvit_deit_s_t"``;
             the file is loaded strictly, as ``create_model(model, pretrained=checkpoint)``
@@ -164,6 +167,12 @@ def load_model(
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if pretrained_folder(path) is not None:  # save_pretrained: its config.json names the model
+        if ema:
+            raise ValueError(f"--ema applies to routevit train checkpoints, not to {str(path)!r}")
+        net = load_pretrained(path, name=model, **dict(overrides or {}))
+        cfg = net.pretrained_cfg
+        return LoadedModel(net.eval(), tuple(cfg["mean"]), tuple(cfg["std"]), str(pretrained_folder(path)))
     if path.is_dir():
         if model is not None or overrides:
             raise ValueError(

@@ -6,7 +6,6 @@ selection itself (top-k on the router scores) stays in the graph, so a new input
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import warnings
@@ -63,14 +62,17 @@ def test_torch_export_matches_eager_with_dynamic_batch(inference_form: bool) -> 
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 @FORMS
-def test_onnx_export_matches_eager(inference_form: bool) -> None:
+def test_onnx_export_matches_eager(inference_form: bool, dynamo: bool) -> None:
+    """Both of torch's exporters: the default (dynamo, which needs onnxscript: the onnx extra
+    installs it) and the legacy TorchScript one (``dynamo=False``)."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript: routevit[onnx]")
     model = tiny_model(inference_form)
     buffer = io.BytesIO()
-    # the torch.export-based exporter needs onnxscript; the TorchScript one works without it
-    dynamo = importlib.util.find_spec("onnxscript") is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings of the exporter
         torch.onnx.export(

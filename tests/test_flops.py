@@ -45,6 +45,23 @@ def test_counter_equals_analytic_and_charges_routed_tokens_only() -> None:
     assert flops.count(s_t) == pytest.approx(flops.analytic_vit(s_t.config), rel=1e-9)
 
 
+def test_one_unit_and_one_default_across_the_counters() -> None:
+    """count_macs and count agree: MACs per image, weight layers only unless asked otherwise."""
+    torch.manual_seed(0)
+    tiny = dict(img_size=32, patch_size=8, embed_dim=64, num_heads=2, little_dim=16, little_heads=1)
+    model = routevit.create_model("blvit_deit_b_t", depth=4, num_classes=5, **tiny).eval()
+    one, three = torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    per_image = flops.count_macs(model, one)
+    assert flops.count_macs(model, three) == per_image  # per image, whatever the batch
+    assert flops.count(model, (3, 32, 32), batch_size=3) == pytest.approx(per_image / 1e9, rel=1e-12)
+    assert per_image == round(flops.analytic_vit(model.config) * 1e9)  # paper convention by default
+    with_attention = flops.count_macs(model, one, include_attention=True)
+    assert with_attention == round(flops.analytic_vit(model.config, include_attention=True) * 1e9)
+    assert with_attention > per_image
+    with pytest.raises(TypeError, match="batched tensor"):
+        flops.count_macs(model)
+
+
 def test_h_b_against_vanilla_vit_huge() -> None:
     timm = pytest.importorskip("timm")
     with torch.device("meta"):

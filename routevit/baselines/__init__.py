@@ -4,8 +4,8 @@ the architecture rows of the paper's Table 3 ablation.
 Each ``patch_*`` function patches a vanilla timm ``VisionTransformer`` in place, in the spirit of
 ToMe's ``tome.patch.timm(model)``, and returns it. The blocks keep their submodules and weights, so
 ``state_dict`` keys are those of timm and a timm checkpoint loads before or after patching.
-:func:`token_counts` lists the tokens each block sees (for docs and MAC matching);
-``routevit.flops.count`` counts a patched model on its reduced shapes. :func:`patch` picks one
+`token_counts` lists the tokens each block sees (for docs and MAC matching);
+``routevit.flops.count`` counts a patched model on its reduced shapes. [`patch`][] picks one
 of them by name (what the trainer's ``model.token_reduction`` recipe key calls).
 """
 

@@ -1,17 +1,17 @@
 """Shared pieces of the token-reduction baselines.
 
-* :func:`check_timm_vit` refuses anything but a vanilla timm ``VisionTransformer`` (one class
+* `check_timm_vit` refuses anything but a vanilla timm ``VisionTransformer`` (one class
   token at position 0, token pooling, plain ``Block`` / ``Attention``).
-* :func:`attention_residual` runs a timm block's attention sub-layer with the block's own
+* `attention_residual` runs a timm block's attention sub-layer with the block's own
   submodules (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``drop_path1``) through
   ``scaled_dot_product_attention``, optionally with an additive bias, and also returns the
   queries and keys so a baseline can rank or match tokens without a second projection.
-* :func:`cls_attention`: the class token's attention row only (``q_cls K^T``, cheap), averaged
+* `cls_attention`: the class token's attention row only (``q_cls K^T``, cheap), averaged
   over heads; fused attention does not return probabilities.
-* :func:`patch_blocks` swaps the class of the listed blocks to a subclass that overrides
+* `patch_blocks` swaps the class of the listed blocks to a subclass that overrides
   ``forward``; the submodules and parameters are the original ones, so ``state_dict`` keys stay
   identical and a timm checkpoint still loads.
-* :func:`token_counts`: tokens entering each block's attention and MLP, for docs and MAC matching.
+* `token_counts`: tokens entering each block's attention and MLP, for docs and MAC matching.
 """
 
 from __future__ import annotations

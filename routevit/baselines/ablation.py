@@ -8,10 +8,10 @@ Table 3 starts from Evo-ViT at a 75% prune ratio and adds one design choice per 
     "predictor"          x          x         x                     8.0
     "semi_ca"            x          x         x         x           9.9   (= bLViT)
 
-:func:`table3_config` maps a step onto a :class:`~routevit.models.vit.BigLittleViTConfig`:
+[`table3_config`][] maps a step onto a [`BigLittleViTConfig`][]:
 
 * ``"early_prune"``: every big.LITTLE layer of ``base`` becomes P-only (no efficiency path:
-  layout ``"<layout>_p_only"``, or :meth:`Schedule.performance_only` for a custom schedule), so
+  layout ``"<layout>_p_only"``, or [`Schedule.performance_only`][] for a custom schedule), so
   the unselected tokens pass through the routed layers unchanged, i.e. they are pruned from
   layer 2 on (earlier than Evo-ViT's first pruning layer, hence the row's name); tokens are
   ranked by the parameter-free Evo-ViT-style CLS attention (``selector="cls_attention"``: the
@@ -27,9 +27,9 @@ Table 3 starts from Evo-ViT at a 75% prune ratio and adds one design choice per 
 
 The last two rows of the table ("+ Pretrain", "+ Feat. Dis.") are training choices on the
 ``"semi_ca"`` architecture: load the vanilla checkpoint into the P path
-(:func:`routevit.interop.timm.load_timm_weights`, which works for every step: the CLS-attention
+([`routevit.interop.timm.load_timm_weights`][], which works for every step: the CLS-attention
 steps simply have no routers to leave fresh) and train with feature distillation
-(:mod:`routevit.train.losses`).
+([`routevit.train.losses`][]).
 
 Example::
 
@@ -73,7 +73,7 @@ def _p_only_layout(layout: str | Schedule) -> str | Schedule:
 
 
 def table3_overrides(step: str, layout: str | Schedule = "b_t") -> dict[str, Any]:
-    """The :class:`BigLittleViTConfig` fields of one Table 3 ``step`` for a model whose full
+    """The [`BigLittleViTConfig`][] fields of one Table 3 ``step`` for a model whose full
     (``"semi_ca"``) layout is ``layout``; pass them to ``create_model(name, **...)``.
     ``layout`` must be the model's own (``"b_t"`` for the B+T and S+T factories, ``"h_b"``
     for H+B)."""

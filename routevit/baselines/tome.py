@@ -64,7 +64,7 @@ def merge_tokens(
     src: torch.Tensor,
     dst: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Size-weighted merge given a matching (:func:`bipartite_soft_matching`).
+    """Size-weighted merge given a matching ([`bipartite_soft_matching`][]).
 
     ``x`` ``(B, N, C)``, ``size`` ``(B, N, 1)`` -> ``(B, N - r, C)``, ``(B, N - r, 1)``: unmerged A
     tokens then B tokens, each B token the size-weighted average of itself and its merged A tokens.
@@ -86,7 +86,7 @@ def tome_merge(
 
 
 class _ToMeBlock:
-    """Mixin over timm's ``Block``: :meth:`forward_sized` ``(B, N, C)``, sizes ``(B, N, 1)`` or
+    """Mixin over timm's ``Block``: `forward_sized` ``(B, N, C)``, sizes ``(B, N, 1)`` or
     None (all 1) -> ``(B, N - min(r, (N - 1) // 2), C)`` and the merged sizes.
 
     The sizes travel as arguments, never as state: the patched model's ``forward_features``

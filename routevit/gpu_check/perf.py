@@ -68,7 +68,7 @@ def _timm_vit(name: str, tiny: bool, device: torch.device | str) -> nn.Module:
 
 def _matched_peers(target: float, tiny: bool, input_size: tuple[int, int, int]) -> dict[str, dict[str, Any]]:
     """EViT's keep rate and ToMe's r whose MACs are closest to ``target`` GMACs
-    (:mod:`routevit.bench_peers`' matching, on meta-device models)."""
+    ([`routevit.bench_peers`][]' matching, on meta-device models)."""
     from ..bench_peers import EVIT_LAYERS, match_evit, match_tome
 
     prune = (2, 4) if tiny else EVIT_LAYERS

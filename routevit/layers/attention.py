@@ -230,7 +230,7 @@ class SemiCrossAttention(nn.Module):
     """Queries from the selected tokens, keys and values from all tokens.
 
     The weights are a vanilla block's fused qkv (``qkv``: C -> 3C, ``proj``: C -> C), so with
-    every token selected this is exactly :class:`Attention`.
+    every token selected this is exactly [`Attention`][].
 
     Shapes: ``x_q (B, K, C)``, ``x_kv (B, N, C)``, ``bias`` broadcastable to ``(B, H, K, N)``
     -> ``(B, K, C)``.

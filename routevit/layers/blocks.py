@@ -29,11 +29,11 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
     def forward_transposed(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` with the tokens as the columns of both matmuls (``W @ x^T``).
+        """`forward` with the tokens as the columns of both matmuls (``W @ x^T``).
 
         Same function, other orientation: for a few rows (the P path's K selected tokens at
         small batch) MKL divides ``W @ x^T`` better between the cores than ``x @ W^T``; see
-        :class:`routevit.runtime.RuntimePolicy` and docs/results.md. ``(..., in_dim) -> (..., out_dim)``,
+        [`routevit.runtime.RuntimePolicy`][] and docs/results.md. ``(..., in_dim) -> (..., out_dim)``,
         returned as a transposed view.
         """
         columns = x.reshape(-1, x.shape[-1]).t()  # (in_dim, rows)
@@ -117,7 +117,7 @@ class DimMatchedBlock(nn.Module):
     Attention: qkv ``C -> 3c``, proj ``c -> C``. FFN: ``Linear(C -> c)``, ``Mlp(c, 4c, c)``,
     ``Linear(c -> C)``. Updates all tokens: ``(B, N, C) -> (B, N, C)`` (``routes`` unused).
 
-    A replacement E block (see :class:`BigLittleBlock`'s ``efficiency``) provides the same
+    A replacement E block (see [`BigLittleBlock`][]'s ``efficiency``) provides the same
     ``attn_branch(x, grid)`` and ``mlp_branch(x)``, each ``(B, N, C) -> (B, N, C)``.
     """
 
@@ -173,7 +173,7 @@ def _score_scale(update: torch.Tensor, alpha: torch.Tensor, scores: torch.Tensor
     round to 1.0 for ``alpha * s`` below ~4e-3 (bf16's spacing near 1 is 2^-7), a systematic
     error and a silent loss of the router's share. ``alpha * s`` keeps its own precision, and
     under autocast (``alpha`` in fp32) the result is fp32, the residual stream's dtype that
-    :meth:`Routes.scatter_add` casts the update to anyway.
+    [`Routes.scatter_add`][] casts the update to anyway.
     """
     return torch.addcmul(update, update, (alpha * scores).unsqueeze(-1))  # one kernel
 
@@ -191,7 +191,7 @@ class PerformanceBlock(nn.Module):
       (SAM's windowed layers).
     * ``score_scaling=False``: no ``alpha`` parameters (``alpha_attn``/``alpha_mlp`` are None)
       and the updates are not scaled; for a parameter-free selector whose scores carry no
-      gradient (:class:`~routevit.layers.routing.ClsAttentionScorer`).
+      gradient ([`ClsAttentionScorer`][]).
 
     ``forward(x, routes)`` is the P-only variant (no efficiency path): selected tokens get
     both residual updates, the others pass through unchanged. ``(B, N, C) -> (B, N, C)``.
@@ -313,9 +313,9 @@ class BigLittleBlock(nn.Module):
         little_dim: inner width of the E path.
         little_heads: attention heads of the E path.
         semi_cross: the P path's queries see all tokens (False: only the selected ones; see
-            :class:`PerformanceBlock`).
+            [`PerformanceBlock`][]).
         score_scaling: scale the P path's outputs by ``(alpha * s + 1)`` (an ablation switch).
-        efficiency: your own E block instead of a :class:`DimMatchedBlock` (the size arguments
+        efficiency: your own E block instead of a [`DimMatchedBlock`][] (the size arguments
             ``little_dim``/``little_heads`` are then unused); it provides ``attn_branch(x, grid)``
             and ``mlp_branch(x)``, each ``(B, N, C) -> (B, N, C)``.
 

@@ -1,18 +1,18 @@
-"""THE trunk of every bLViT: full, big.LITTLE and P-only layers driven by a :class:`Schedule`,
+"""THE trunk of every bLViT: full, big.LITTLE and P-only layers driven by a [`Schedule`][],
 with prediction layers, per-layer attention grids, a routing policy and a block factory.
 
-Every model family builds on :class:`BigLittleEncoder`: the DeiT classifiers (global attention,
-:class:`~routevit.layers.policies.GlobalTopK` keeping the CLS token) and the SAM encoders
-(windowed and global layers on a token grid, :class:`~routevit.layers.policies.WindowTopK`).
+Every model family builds on [`BigLittleEncoder`][]: the DeiT classifiers (global attention,
+[`GlobalTopK`][] keeping the CLS token) and the SAM encoders
+(windowed and global layers on a token grid, [`WindowTopK`][]).
 
 Extension points:
 
 * ``block_fn(kind, spec) -> nn.Module`` builds each layer (``kind`` from the schedule, ``spec`` a
-  :class:`BlockSpec`); :func:`default_block_fn` gives routevit's blocks. Every block has the
+  [`BlockSpec`][]); [`default_block_fn`][] gives routevit's blocks. Every block has the
   call signature ``forward(x, routes=None, grid=None)``.
-* ``policy``: any :class:`~routevit.layers.policies.RoutingPolicy`.
-* ``selector``: ``"router"`` (a :class:`Router` per prediction layer) or ``"cls_attention"``
-  (one parameter-free :class:`ClsAttentionScorer`); both answer ``score(x, next_block)``.
+* ``policy``: any [`RoutingPolicy`][].
+* ``selector``: ``"router"`` (a [`Router`][] per prediction layer) or ``"cls_attention"``
+  (one parameter-free [`ClsAttentionScorer`][]); both answer ``score(x, next_block)``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ SELECTORS = ("router", "cls_attention")
 
 
 def check_selector(selector: object) -> str:
-    """Raise a ValueError naming :data:`SELECTORS` unless ``selector`` is one of them."""
+    """Raise a ValueError naming `SELECTORS` unless ``selector`` is one of them."""
     if not isinstance(selector, str) or selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; valid selectors are {SELECTORS}")
     return selector
@@ -78,8 +78,8 @@ BlockFn = Callable[[str, BlockSpec], nn.Module]
 
 
 def default_block_fn(kind: str, spec: BlockSpec) -> nn.Module:
-    """routevit's block for a schedule ``kind``: :class:`Block`, :class:`PerformanceBlock` or
-    :class:`BigLittleBlock`."""
+    """routevit's block for a schedule ``kind``: [`Block`][], [`PerformanceBlock`][] or
+    [`BigLittleBlock`][]."""
     common = (spec.dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, spec.drop_path)
     p_args = {"semi_cross": spec.semi_cross, "score_scaling": spec.score_scaling}
     if kind == "full":
@@ -112,19 +112,19 @@ class BigLittleEncoder(nn.Module):
         always_keep: positions always routed (0 for a CLS token), for the default policy.
         drop_path_rate: stochastic depth, increasing linearly over the layers (as timm).
         selector: how a prediction layer scores tokens. ``"router"`` (the paper's prediction
-            layer: a :class:`Router` per prediction layer, P outputs scaled by
+            layer: a [`Router`][] per prediction layer, P outputs scaled by
             ``(alpha * s + 1)``) or ``"cls_attention"`` (parameter-free
-            :class:`ClsAttentionScorer` with the norm1 and qkv weights of the P-block of the
+            [`ClsAttentionScorer`][] with the norm1 and qkv weights of the P-block of the
             next routed layer; no routers, and the P-blocks are built without score scaling,
             so no gradient reaches the scores). ``"cls_attention"`` needs ``cls_index`` in
             ``always_keep``.
         semi_cross: False makes the P path attend only among the selected tokens.
         cls_index: position of the CLS token, read by the ``"cls_attention"`` selector.
-        grids: one :class:`WindowGrid` per layer (windowed or global attention on a token
+        grids: one [`WindowGrid`][] per layer (windowed or global attention on a token
             grid), or None for a plain token sequence.
         rel_pos: give each layer SAM's relative position tables for its grid (needs ``grids``).
-        policy: the routing policy; default :class:`GlobalTopK` (``keep_ratio``, ``always_keep``).
-        block_fn: the block factory (see :func:`default_block_fn`).
+        policy: the routing policy; default [`GlobalTopK`][] (``keep_ratio``, ``always_keep``).
+        block_fn: the block factory (see [`default_block_fn`][]).
     """
 
     def __init__(
@@ -224,7 +224,7 @@ class BigLittleEncoder(nn.Module):
         self.policy.set_keep_ratio(keep_ratio)
 
     def forward_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
-        """Like :meth:`forward`, also returning the Routes of every prediction layer in order."""
+        """Like `forward`, also returning the Routes of every prediction layer in order."""
         check_tensor(x, "x", 3, "(B, N, C)")
         check_last_dim(x, "x", self.dim)
         all_routes: list[Routes] = []

@@ -1,7 +1,7 @@
 """An inference form of a trained model, built once: what Linear-rewriting tools need.
 
-:func:`for_inference` replaces every :class:`SemiCrossAttention` (whose fused ``qkv`` weight the
-P path slices into q and k/v at every call) with a :class:`SplitSemiCrossAttention` holding two
+[`for_inference`][] replaces every [`SemiCrossAttention`][] (whose fused ``qkv`` weight the
+P path slices into q and k/v at every call) with a [`SplitSemiCrossAttention`][] holding two
 plain ``nn.Linear`` layers, ``q`` and ``kv``. The function computed is the same; what changes is
 that no weight is sliced at run time, so weight-rewriting tools that swap ``Linear.weight`` for
 a tensor subclass (torchao's int8 quantization, for one) see only whole-Linear calls.
@@ -20,10 +20,10 @@ from .windows import WindowGrid
 
 
 class SplitSemiCrossAttention(SemiCrossAttention):
-    """:class:`SemiCrossAttention` with the queries' and the keys/values' projections as two
+    """[`SemiCrossAttention`][] with the queries' and the keys/values' projections as two
     Linear layers (``q``: C -> C, ``kv``: C -> 2C) instead of one fused ``qkv``.
 
-    Built from a fused layer with :meth:`from_fused`; shapes as :class:`SemiCrossAttention`.
+    Built from a fused layer with [`from_fused`][]; shapes as [`SemiCrossAttention`][].
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,

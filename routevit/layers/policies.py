@@ -1,17 +1,17 @@
-"""Routing policies: how a trunk turns a prediction layer's token scores into :class:`Routes`.
+"""Routing policies: how a trunk turns a prediction layer's token scores into [`Routes`][].
 
 A policy owns the keep ratio and every rule of *which* tokens may be chosen; the trunk calls
 ``policy(scores)`` after each prediction layer and hands the Routes to the blocks.
 
-* :class:`GlobalTopK`: the top ``k = ceil(keep_ratio * N)`` tokens of the whole sequence, some
+* [`GlobalTopK`][]: the top ``k = ceil(keep_ratio * N)`` tokens of the whole sequence, some
   positions (a CLS token) always kept. The DeiT classifiers use it.
-* :class:`WindowTopK`: the same k in every attention window of a :class:`WindowGrid`, padding
+* [`WindowTopK`][]: the same k in every attention window of a [`WindowGrid`][], padding
   slots never chosen (SAM). ``keep_ratio`` is the share of the image's real tokens, spread
   evenly: ``k = ceil(ceil(keep_ratio * N) / num_windows)``; k may not exceed the real tokens of
-  the emptiest window, so :meth:`WindowTopK.set_keep_ratio` refuses larger ratios, naming the
+  the emptiest window, so `WindowTopK.set_keep_ratio` refuses larger ratios, naming the
   largest legal one.
 
-Both return indices sorted ascending (per window for :class:`WindowTopK`, window-major).
+Both return indices sorted ascending (per window for [`WindowTopK`][], window-major).
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ def decomposed_rel_pos(
 
     Args:
         q: ``(B, H, Lq, D)`` queries, before the ``1/sqrt(D)`` scaling.
-        rel_pos_h, rel_pos_w: ``(Lh, D)``, ``(Lw, D)`` tables.
+        rel_pos_h: ``(Lh, D)`` table of the vertical offsets.
+        rel_pos_w: ``(Lw, D)`` table of the horizontal offsets.
         grid: ``(gh, gw)``, the key grid; keys are its ``gh * gw`` positions in row-major order.
         q_pos: ``None`` when the queries are the whole grid in row-major order; otherwise the
             flat row-major position of each query in the grid, ``(Lq,)`` or ``(B, Lq)``.

@@ -136,7 +136,7 @@ class TokenScorer(Protocol):
     """What a prediction layer is to the trunk: ``score(x (B, N, C), next_block) -> (B, N)``.
 
     ``next_block`` is the first routed block after the prediction layer (None if there is none);
-    a learned :class:`Router` ignores it, :class:`ClsAttentionScorer` borrows its attention.
+    a learned [`Router`][] ignores it, [`ClsAttentionScorer`][] borrows its attention.
     """
 
     def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor: ...
@@ -159,7 +159,7 @@ class Router(nn.Module):
         return self.proj(x).squeeze(-1).softmax(dim=-1)
 
     def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor:
-        """The scorer protocol of the trunk (see :class:`TokenScorer`); ``next_block`` is unused."""
+        """The scorer protocol of the trunk (see [`TokenScorer`][]); ``next_block`` is unused."""
         return self(x)
 
 
@@ -169,14 +169,14 @@ class ClsAttentionScorer(nn.Module):
     ``s_j = mean_h softmax_j(q_h . k_{j,h} / sqrt(d))`` with ``q = W_q LN(x_cls) + b_q`` and
     ``k_j = W_k LN(x_j) + b_k``, where ``LN`` and the fused ``qkv`` weights are borrowed from an
     attention block (for a bLViT: the P-block of the next routed layer), ``d = C / num_heads``.
-    It owns no parameters, so it replaces the :class:`Router` of the ablation rows of the
+    It owns no parameters, so it replaces the [`Router`][] of the ablation rows of the
     paper's Table 3 that come before "+ Predictor".
 
     Only the CLS query row is computed, and no key is materialised:
     ``q_h . k_{j,h} = (W_{k,h}^T q_h) . LN(x_j) + q_h . b_{k,h}``; the last term is the same for
     every ``j`` and cancels in the softmax. Per image that is ``C^2`` MACs for the CLS query
     (a Linear), ``C^2`` to fold it into the key weights and ``N H C`` for the logits (both
-    counted as attention matmuls by :mod:`routevit.flops`), instead of ``N C^2`` for all keys.
+    counted as attention matmuls by [`routevit.flops`][]), instead of ``N C^2`` for all keys.
 
     The scores carry no gradient (computed under ``torch.no_grad``): they only rank tokens, and
     the P-blocks of a model that uses this selector are built without score scaling.
@@ -213,7 +213,7 @@ class ClsAttentionScorer(nn.Module):
 
     def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor:
         """The scorer protocol of the trunk: borrow the P path of ``next_block`` (a
-        :class:`~routevit.layers.blocks.BigLittleBlock` or a P-only block)."""
+        [`BigLittleBlock`][] or a P-only block)."""
         if next_block is None:
             raise ValueError(
                 "the CLS-attention scorer reads the next routed block's attention: pass next_block"
@@ -235,7 +235,7 @@ class TopKDispatcher(nn.Module):
             ``group_size`` tokens and every group gets the same k. ``None``: one group of all N.
 
     Forward: ``scores (B, N)`` and an optional ``ineligible`` bool mask ``(N,)`` or ``(B, N)``
-    (padding tokens, never selected) -> :class:`Routes` with ``(B, G * k)`` indices, sorted.
+    (padding tokens, never selected) -> [`Routes`][] with ``(B, G * k)`` indices, sorted.
     Keyword ``k`` overrides the per-group count (for callers whose k is not a share of the
     group size, e.g. of the real tokens when groups are padded windows);
     ``check_eligible=False`` skips the "every group has k eligible tokens" check, for callers

@@ -5,7 +5,7 @@ The schedule is data, so the paper's B+T and H+B layouts (and any user's own) ar
     Schedule.big_little_from(depth=12, first_routed=2, predict_after=(1, 4, 7, 10))  # B+T
     b_t_schedule(12)                                                                # the same
 
-The named layouts (:data:`LAYOUTS`) serve every model family: DeiT classifiers and SAM encoders
+The named layouts (`LAYOUTS`) serve every model family: DeiT classifiers and SAM encoders
 build their trunks from the same functions.
 """
 
@@ -99,9 +99,9 @@ def h_b_schedule(depth: int = 32) -> Schedule:
 
 
 def schedule_for(layout: str | Schedule, depth: int) -> Schedule:
-    """The named layout (one of :data:`LAYOUTS`) at ``depth`` layers, or ``layout`` itself when
-    it is a :class:`Schedule` of that depth. ``"b_t_p_only"`` / ``"h_b_p_only"`` are B+T / H+B
-    with every big.LITTLE layer P-only (:meth:`Schedule.performance_only`)."""
+    """The named layout (one of `LAYOUTS`) at ``depth`` layers, or ``layout`` itself when
+    it is a [`Schedule`][] of that depth. ``"b_t_p_only"`` / ``"h_b_p_only"`` are B+T / H+B
+    with every big.LITTLE layer P-only ([`Schedule.performance_only`][])."""
     if isinstance(layout, Schedule):
         if layout.depth != depth:
             raise ValueError(f"the schedule has {layout.depth} layers but depth is {depth}")

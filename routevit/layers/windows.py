@@ -1,9 +1,9 @@
 """Geometry of windowed attention on a token grid (ViTDet / SAM style).
 
-A :class:`WindowGrid` describes an ``H x W`` grid of tokens stored in raster order as
+A [`WindowGrid`][] describes an ``H x W`` grid of tokens stored in raster order as
 ``(B, N = H * W, C)`` and cut into non-overlapping ``window x window`` windows. The grid is
 padded at the bottom and right to a multiple of the window, as ViTDet and SAM do; padded
-slots hold zeros and exist only inside :meth:`WindowGrid.partition`. ``window = 0`` means
+slots hold zeros and exist only inside [`WindowGrid.partition`][]. ``window = 0`` means
 global attention: one "window" holding the whole grid, no padding.
 
 Windowed order ("slots") is window-major (windows in raster order over the window grid),
@@ -101,7 +101,7 @@ class WindowGrid:
         return index.reshape(-1)
 
     def token_to_slot(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """``(num_tokens,)`` int64: the slot of each raster token (inverse of :meth:`slot_to_token`)."""
+        """``(num_tokens,)`` int64: the slot of each raster token (inverse of [`slot_to_token`][])."""
         token = torch.arange(self.num_tokens, device=device)
         if self.is_global:
             return token
@@ -153,7 +153,7 @@ class WindowGrid:
         return grid.reshape(b * self.num_windows, ws * ws, c)
 
     def unpartition(self, windows: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`partition`, dropping the padding: ``(B * nW, T, C) -> (B, N, C)``."""
+        """Inverse of [`partition`][], dropping the padding: ``(B * nW, T, C) -> (B, N, C)``."""
         check_tensor(windows, "windows", 3, "(B * num_windows, window_tokens, C)")
         bw, t, c = windows.shape
         if bw % self.num_windows != 0 or t != self.window_tokens:

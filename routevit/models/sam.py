@@ -1,8 +1,8 @@
 """Segment Anything image encoders with big.LITTLE layers and window-aware routing.
 
-:class:`BigLittleSamEncoder` is SAM's ``ImageEncoderViT`` (patch 16, absolute position
+[`BigLittleSamEncoder`][] is SAM's ``ImageEncoderViT`` (patch 16, absolute position
 embedding, windowed attention with global layers, decomposed relative positions, a
-conv/LayerNorm neck to 256 channels) whose layers follow a :class:`Schedule`: ``(B, 3, S, S)
+conv/LayerNorm neck to 256 channels) whose layers follow a [`Schedule`][]: ``(B, 3, S, S)
 -> (B, 256, S / 16, S / 16)``, ``S = img_size`` (1024 for SAM).
 
 Routing is per attention window: a prediction layer scores every token (softmax over the
@@ -14,7 +14,7 @@ window 14), so the bottom/right windows hold fewer real tokens (the corner one 8
 ``keep_ratio`` is the share of the image's real tokens routed to the P path, spread evenly:
 ``k = ceil(ceil(keep_ratio * N) / num_windows)`` per window (41 at 1024 and 0.25: 1025 of
 4096 tokens, the paper's 25%). Padding slots are never selected, so k may not exceed the real
-tokens of the emptiest window; :meth:`BigLittleSamEncoder.set_keep_ratio` raises a
+tokens of the emptiest window; [`BigLittleSamEncoder.set_keep_ratio`][] raises a
 ``ValueError`` naming the largest legal ratio (0.390625 at 1024). Without padding (e.g. 448
 with window 14) k is ``ceil(keep_ratio * window**2)`` and any ratio up to 1.0 is legal.
 
@@ -40,7 +40,7 @@ from ..layers.policies import WindowTopK
 from ..layers.routing import Routes
 from ..layers.schedule import Schedule, b_t_schedule, h_b_schedule
 from ..layers.windows import WindowGrid
-from .registry import load_weights, register_model
+from .registry import load_weights, register_model, save_pretrained
 
 B_T_SCHEDULE = b_t_schedule(12)
 H_B_SCHEDULE = h_b_schedule(32)
@@ -97,7 +97,7 @@ class SamEncoderConfig:
 
 
 def sam_encoder_config(base: Mapping[str, Any], **overrides: Any) -> SamEncoderConfig:
-    """A :class:`SamEncoderConfig` from ``base`` with ``overrides``; unknown keys are an error."""
+    """A [`SamEncoderConfig`][] from ``base`` with ``overrides``; unknown keys are an error."""
     valid = {f.name for f in dataclasses.fields(SamEncoderConfig)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
@@ -124,15 +124,15 @@ class LayerNorm2d(nn.Module):
 class BigLittleSamEncoder(BigLittleEncoder):
     """SAM's image encoder with a big.LITTLE schedule: ``(B, 3, S, S) -> (B, 256, S/16, S/16)``.
 
-    Patch embedding + the trunk (:class:`~routevit.layers.BigLittleEncoder`, here with one
-    :class:`WindowGrid` per layer, SAM's relative positions and the :class:`WindowTopK` policy) +
+    Patch embedding + the trunk ([`BigLittleEncoder`][], here with one
+    [`WindowGrid`][] per layer, SAM's relative positions and the [`WindowTopK`][] policy) +
     SAM's neck. The trunk is the base class rather than a child module so that the parameter
     names stay segment_anything's.
 
     Args:
-        config: the architecture (:class:`SamEncoderConfig`); keyword ``overrides`` replace
+        config: the architecture ([`SamEncoderConfig`][]); keyword ``overrides`` replace
             its fields (``img_size``, ``depth``, ``embed_dim``, ``window_size``, ...).
-        block_fn: the trunk's block factory (see :func:`routevit.layers.default_block_fn`).
+        block_fn: the trunk's block factory (see [`routevit.layers.default_block_fn`][]).
 
     Parameter names follow segment_anything's ``ImageEncoderViT`` (``patch_embed.proj``,
     ``pos_embed``, ``blocks.i.attn.rel_pos_h``, ``neck.0`` ...), except ``mlp.lin1/lin2`` ->
@@ -188,7 +188,7 @@ class BigLittleSamEncoder(BigLittleEncoder):
     # --- forward ----------------------------------------------------------------------------
 
     def forward_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
-        """Like :meth:`forward`, also returning the Routes of every prediction layer in order."""
+        """Like `forward`, also returning the Routes of every prediction layer in order."""
         cfg = self.config
         check_tensor(x, "x", 4, "(B, C, H, W)")
         expected = (cfg.in_chans, self.img_size, self.img_size)
@@ -207,6 +207,11 @@ class BigLittleSamEncoder(BigLittleEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_routes(x)[0]
+
+    def save_pretrained(self, directory: str | Path, **info: Any) -> Path:
+        """Write this encoder as a portable folder, ``model.safetensors`` + ``config.json``, that
+        ``routevit.create_model(directory)`` rebuilds; see [routevit.hub.save_pretrained][]."""
+        return save_pretrained(self, directory, **info)
 
     def extra_repr(self) -> str:
         return (
@@ -249,7 +254,8 @@ def _build(
     return model
 
 
-_SAM_1024 = dict(task="sam", input_size=(3, 1024, 1024))  # mean/std: ImageNet's, as SAM
+# mean/std: ImageNet's, as SAM; the whole image is resized (SAM's longest side), no classifier
+_SAM_1024 = dict(task="sam", input_size=(3, 1024, 1024), crop_pct=1.0, classifier=None)
 _TIMM_SAM_B = "samvit_base_patch16"
 _TIMM_SAM_H = "samvit_huge_patch16"
 

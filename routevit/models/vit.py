@@ -2,7 +2,7 @@
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``norm``, ``head``; the trunk's blocks under ``encoder.blocks``) so that
-:mod:`routevit.interop.timm` can load DeiT checkpoints into the performance path.
+[`routevit.interop.timm`][] can load DeiT checkpoints into the performance path.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from ..layers.embed import PatchEmbed
 from ..layers.encoder import BigLittleEncoder, BlockFn, check_selector, default_block_fn
 from ..layers.routing import Routes
 from ..layers.schedule import LAYOUTS, Schedule, b_t_schedule, h_b_schedule, schedule_for
-from .registry import load_weights, register_model
+from .registry import load_weights, register_model, save_pretrained
 
 __all__ = [
     "LAYOUTS",
@@ -36,13 +37,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BigLittleViTConfig:
-    """Architecture of a :class:`BigLittleViT`; defaults are the paper's B+T on 224px images.
+    """Architecture of a [`BigLittleViT`][]; defaults are the paper's B+T on 224px images.
 
     ``embed_dim``/``num_heads`` are the performance (vanilla) path, ``little_dim``/``little_heads``
     the efficiency path's inner width. ``layout`` names the schedule (``"b_t"`` or ``"h_b"``),
-    built for ``depth`` layers, or is a :class:`Schedule` of ``depth`` layers.
+    built for ``depth`` layers, or is a [`Schedule`][] of ``depth`` layers.
 
-    Ablation switches (the paper's Table 3; :func:`routevit.baselines.ablation.table3_config`
+    Ablation switches (the paper's Table 3; [`routevit.baselines.ablation.table3_config`][]
     sets them per row): ``selector`` is ``"router"`` (the paper's prediction layers) or
     ``"cls_attention"`` (parameter-free, Evo-ViT-style: the CLS token's attention in the next
     routed layer's P-block ranks the tokens; no routers, no score scaling); ``semi_cross=False``
@@ -114,7 +115,7 @@ class BigLittleViT(nn.Module):
     ``forward_features(x)``: ``(B, in_chans, H, W) -> (B, N, C)`` after the final norm, where
     ``N = 1 + (H / patch)^2`` (CLS first). ``forward_head(x)``: ``(B, N, C) -> (B, num_classes)``.
     The CLS token is always routed to the performance path. ``block_fn`` replaces the blocks
-    the trunk builds (see :func:`routevit.layers.default_block_fn`), e.g. with your own E block.
+    the trunk builds (see [`routevit.layers.default_block_fn`][]), e.g. with your own E block.
     """
 
     def __init__(
@@ -211,9 +212,9 @@ class BigLittleViT(nn.Module):
         return torch.cat([cls, tokens], dim=1) + self.pos_embed
 
     def forward_features_with_routes(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Routes]]:
-        """Features ``(B, N, C)`` and the :class:`Routes` of every prediction layer, in order.
+        """Features ``(B, N, C)`` and the [`Routes`][] of every prediction layer, in order.
 
-        Route indices count the CLS token as position 0; see :meth:`route_masks`.
+        Route indices count the CLS token as position 0; see [`route_masks`][].
         """
         x, routes = self.encoder.forward_routes(self._embed(x))
         return self.norm(x), routes
@@ -231,6 +232,12 @@ class BigLittleViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_classes)``."""
         return self.forward_head(self.forward_features(x))
+
+    def save_pretrained(self, directory: str | PathLike[str], **info: Any) -> Path:
+        """Write this model as a portable folder, ``model.safetensors`` + ``config.json``
+        (architecture, keep ratio, class names, mean/std, routevit version), that
+        ``routevit.create_model(directory)`` rebuilds; see [routevit.hub.save_pretrained][]."""
+        return save_pretrained(self, directory, **info)
 
     def route_masks(self, routes: list[Routes]) -> torch.Tensor:
         """Which patches took the P path: ``(B, len(routes), H/p, W/p)`` bool, CLS dropped."""

@@ -3,8 +3,8 @@
 Every row is a ``routevit train`` run of a recipe ``routevit/reproduce/recipes/mini_*.yaml``
 (package data; linked as ``recipes/cifar10/mini_*.yaml`` in a checkout, so each row can be rerun
 alone), then evaluated on the held-out split (the 500 lexicographically last
-files of each class), counted with :func:`routevit.flops.count` and timed against the teacher in
-the same process with :func:`routevit.bench.time_pair` (alternating, median of per-pair ratios).
+files of each class), counted with [`routevit.flops.count`][] and timed against the teacher in
+the same process with [`routevit.bench.time_pair`][] (alternating, median of per-pair ratios).
 
 Runs and per-row results live under ``--out``; a rerun skips finished trainings and measured rows,
 so a killed reproduction continues where it stopped.

@@ -21,6 +21,7 @@ from .data import BadImageError
 from .engine import NonFiniteLossError, TrainResult, train
 from .evaluate import evaluate_checkpoint
 from .losses import DistillationLoss, feature_distillation_loss
+from .pretrained import checkpoint_recipe
 
 __all__ = [
     "BadImageError",
@@ -136,7 +137,7 @@ def eval_command(
             ckpt, is_sam = Path(checkpoint), False  # a weights file: evaluate_checkpoint checks --model
         else:
             ckpt = resolve_checkpoint(checkpoint)
-            is_sam = load_recipe(ckpt / "recipe.yaml").task == "sam"
+            is_sam = checkpoint_recipe(ckpt).task == "sam"
         given = [flag for flag, value in classifier_flags.items() if value is not None]
         if is_sam and given:
             raise ValueError(f"{', '.join(given)} apply to classifiers only; {str(ckpt)!r} is a SAM one")

@@ -22,6 +22,7 @@ from torch import nn
 from ..interop.weights import describe, load_exact, read_state_dict
 from .checkpoint import load_into, resolve_checkpoint
 from .config import ModelConfig, Recipe, load_recipe, model_kwargs
+from .pretrained import checkpoint_recipe, is_pretrained_folder, load_pretrained_model
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,13 @@ def load_checkpoint_model(checkpoint: str | Path, ema: bool = False) -> tuple[nn
     (or EMA) weights loaded, in eval mode on the CPU.
 
     ``checkpoint`` is a checkpoint directory, a run's output folder or its ``checkpoints/`` folder
-    (the best checkpoint if recorded, else the newest). Returns ``(model, recipe, directory)``.
+    (the best checkpoint if recorded, else the newest), or a ``save_pretrained`` folder. Returns
+    ``(model, recipe, directory)``.
     """
     ckpt = resolve_checkpoint(checkpoint)
-    recipe = load_recipe(ckpt / "recipe.yaml")
+    recipe = checkpoint_recipe(ckpt)
+    if is_pretrained_folder(ckpt):  # its config.json, not a recipe, rebuilds the model
+        return load_pretrained_model(ckpt, ema), recipe, ckpt
     model = build_student(recipe.model, pretrained=False)
     load_into(model, ckpt, ema=ema)
     return model.eval(), recipe, ckpt

@@ -21,9 +21,10 @@ from ..errors import one_line
 from ..interop.weights import model_from_file
 from .build import load_checkpoint_model
 from .checkpoint import resolve_checkpoint
-from .config import Recipe, load_recipe, recipe_from_dict
+from .config import Recipe, recipe_from_dict
 from .data import BadImageError, Sample, eval_loader, find_splits, split_holdout
 from .distributed import all_reduce_sum, cleanup, init_distributed
+from .pretrained import checkpoint_recipe
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -196,7 +197,7 @@ def evaluate_checkpoint(
             )
         ckpt = resolve_checkpoint(path)
         workers = [f"data.num_workers={num_workers}"] if num_workers is not None else []
-        recipe = load_recipe(ckpt / "recipe.yaml", workers)
+        recipe = checkpoint_recipe(ckpt, workers)
         if recipe.task != "classification":
             raise ValueError(f"{str(ckpt)!r} is a {recipe.task} checkpoint; expected a classification one")
         net, trained = None, checkpoint_classes(ckpt)
