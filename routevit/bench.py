@@ -38,6 +38,15 @@ class PairTiming:
     baseline_peak_mib: float
 
 
+def _storage_pointers(t: torch.Tensor) -> list[int]:
+    """The storages behind ``t``: its own, or for a wrapper tensor subclass (e.g. torchao's
+    quantized weights, which have no storage of their own) those of its inner tensors."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return [ptr for name in names for ptr in _storage_pointers(getattr(t, name))]
+    return [t.untyped_storage().data_ptr()]
+
+
 class _LiveTensorBytes(TorchDispatchMode):
     """Tracks the bytes of tensor storages created inside the mode and still alive.
 
@@ -48,7 +57,7 @@ class _LiveTensorBytes(TorchDispatchMode):
 
     def __init__(self, existing: Iterable[torch.Tensor]) -> None:
         super().__init__()
-        self._existing = {t.untyped_storage().data_ptr() for t in existing}
+        self._existing = {ptr for t in existing for ptr in _storage_pointers(t)}
         self._live: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
         self.current = 0
         self.peak = 0

@@ -55,3 +55,6 @@ def test_int8_preparation_quantizes_every_linear_of_blvit_and_timm():
     for model in (ours, theirs):
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > 1]
         assert linears and all(type(m.weight) is not torch.nn.Parameter for m in linears)
+    from routevit.bench import peak_activation_bytes
+
+    assert peak_activation_bytes(ours, torch.randn(1, 3, 32, 32)) > 0  # weights without a storage of their own
