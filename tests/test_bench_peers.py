@@ -57,4 +57,4 @@ def test_int8_preparation_quantizes_every_linear_of_blvit_and_timm():
         assert linears and all(type(m.weight) is not torch.nn.Parameter for m in linears)
     from routevit.bench import peak_activation_bytes
 
-    assert peak_activation_bytes(ours, torch.randn(1, 3, 32, 32)) > 0  # weights without a storage of their own
+    assert peak_activation_bytes(ours, torch.randn(1, 3, 32, 32)) > 0  # weights without storages
