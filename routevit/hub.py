@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._fs import fsync_path
 from ._version import __version__
 from .interop.weights import read_state_dict
 from .layers.schedule import Schedule
@@ -139,14 +140,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_folder(target: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
     try:
         from safetensors.torch import save_file
@@ -166,8 +159,8 @@ def _write_folder(target: Path, state: dict[str, torch.Tensor], config: dict[str
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.rename(target, old)
@@ -178,7 +171,7 @@ def _write_folder(target: Path, state: dict[str, torch.Tensor], config: dict[str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(target.parent)
+    fsync_path(target.parent)
     return target
 
 

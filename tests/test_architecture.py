@@ -133,3 +133,15 @@ def test_the_engine_runs_tasks_through_the_task_interface():
     assert isinstance(sam, SamTask) and sam.find_unused_parameters
     assert not get_task(recipe_from_dict({"task": "sam"})).find_unused_parameters
     assert not get_task(recipe_from_dict({})).find_unused_parameters
+
+
+def test_a_task_must_implement_the_interface():
+    from routevit.train.config import recipe_from_dict
+    from routevit.train.tasks import Task
+
+    class Incomplete(Task):
+        def setup(self, info, seed):
+            raise AssertionError("not called")
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(recipe_from_dict({}))

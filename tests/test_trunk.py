@@ -176,3 +176,14 @@ def test_routes_of_the_trunk_are_per_prediction_layer():
     enc = BigLittleEncoder(16, 2, 8, 2, b_t_schedule(8), keep_ratio=0.25, always_keep=(0,))
     _, routes = enc.forward_routes(torch.randn(2, 9, 16))
     assert len(routes) == 3 and all(isinstance(r, Routes) and r.num_selected == 3 for r in routes)
+
+
+def test_a_routing_policy_must_implement_the_interface():
+    from routevit.layers import GlobalTopK, RoutingPolicy
+
+    class Incomplete(RoutingPolicy):
+        def forward(self, scores):
+            return GlobalTopK()(scores)
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()

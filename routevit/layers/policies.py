@@ -16,6 +16,7 @@ Both return indices sorted ascending (per window for [`WindowTopK`][], window-ma
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import torch
@@ -26,22 +27,28 @@ from .routing import Routes, TopKDispatcher, tokens_to_keep
 from .windows import WindowGrid
 
 
-class RoutingPolicy(nn.Module):
-    """Interface of a routing policy: ``forward(scores (B, N)) -> Routes`` plus the keep-ratio dial."""
+class RoutingPolicy(nn.Module, abc.ABC):
+    """Interface of a routing policy: ``forward(scores (B, N)) -> Routes`` plus the keep-ratio dial.
+
+    An abstract base class: a subclass that leaves one of the abstract members out cannot be built.
+    """
 
     @property
+    @abc.abstractmethod
     def keep_ratio(self) -> float:
-        raise NotImplementedError
+        """The share of tokens routed to the P path."""
 
+    @abc.abstractmethod
     def set_keep_ratio(self, keep_ratio: float) -> None:
-        raise NotImplementedError
+        """Change the keep ratio (a ValueError names the largest legal one when it is too large)."""
 
     def max_keep_ratio(self) -> float:
         """The largest keep ratio this policy accepts."""
         return 1.0
 
+    @abc.abstractmethod
     def forward(self, scores: torch.Tensor) -> Routes:
-        raise NotImplementedError
+        """``(B, N)`` token scores -> the Routes of this prediction layer."""
 
 
 class GlobalTopK(RoutingPolicy):

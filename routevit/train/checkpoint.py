@@ -31,18 +31,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .._fs import fsync_path
 from ..interop.weights import LoadReport, load_exact, read_file, read_state_dict
 from .config import Recipe, save_recipe
 
 _NAME = re.compile(r"^step-(\d{8})$")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -59,7 +52,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _tensors_for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -95,7 +88,7 @@ def save_checkpoint(
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     for f in tmp.iterdir():
         _fsync_file(f)
-    fsync_dir(tmp)
+    fsync_path(tmp)
     if final.exists():  # re-saving the same step (e.g. a signal right after resuming)
         old = root / f"{final.name}.old-{os.getpid()}"
         os.rename(final, old)
@@ -103,7 +96,7 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
-    fsync_dir(root)
+    fsync_path(root)
     return final
 
 

@@ -9,6 +9,7 @@ checkpoint whose ``best_metric`` is highest. A new task is a class here plus an 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,8 +46,8 @@ class TaskParts:
     description: str
 
 
-class Task:
-    """Interface of a training task (subclass it and override every method).
+class Task(abc.ABC):
+    """Interface of a training task (an abstract base class: a subclass implements every method).
 
     Attributes:
         name: the recipe's ``task`` value.
@@ -64,20 +65,20 @@ class Task:
         """Whether DDP must tolerate parameters that a step does not use."""
         return False
 
+    @abc.abstractmethod
     def setup(self, info: DistInfo, seed: Any) -> TaskParts:
         """Build student, teacher and loaders; ``seed()`` is called right before the student
         is built, so that its init depends on ``train.seed`` only."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, net: nn.Module, teacher: nn.Module | None, batch: Any, device: torch.device) -> LossOut:
         """The loss of one batch under the recipe's autocast."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def validate(
         self, student: nn.Module, ema: nn.Module | None, loader: DataLoader, device: torch.device
     ) -> dict[str, Any]:
         """Validation metrics of the student (``val_*``) and of its EMA (``val_ema_*``)."""
-        raise NotImplementedError
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What every checkpoint's ``meta.json`` records about the data (after :meth:`setup`),
