@@ -62,6 +62,9 @@ class ModelConfig:
     img_size: int = 224
     drop_path_rate: float = 0.1
     keep_ratio: float | None = None  # routevit models only; None keeps the model's default
+    # train one model for a whole range of keep ratios: each step routes a share drawn uniformly
+    # from [low, high] (the same on every rank); validation and checkpoints use keep_ratio
+    keep_ratio_range: tuple[float, float] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed on to the model factory
     # a token-reduction peer patched onto a vanilla timm ViT (routevit.baselines), e.g.
     # {method: evit, keep_rate: 0.7, prune_layers: [2, 4]}; empty: none
@@ -94,12 +97,22 @@ class DataConfig:
     max_val_per_class: int | None = None
     num_workers: int = 8
     on_bad_image: Literal["skip", "error"] = "skip"
+    # decode each split once into a uint8 tensor file and augment batches on tensors
+    # (routevit.train.image_cache; needs augment.crop: pad); the file lives under cache_dir
+    # (None: $ROUTEVIT_CACHE or ~/.cache/routevit) and is rebuilt when the file list changes
+    cache: bool = False
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """DeiT's augmentation (timm's create_transform and Mixup)."""
+    """DeiT's augmentation (timm's create_transform and Mixup).
 
+    ``crop``: ``random_resized`` (DeiT's, with ``scale``) or ``pad`` (a random crop of the image
+    padded by ``pad`` pixels, the CIFAR standard; the tensor path of ``data.cache``)."""
+
+    crop: Literal["random_resized", "pad"] = "random_resized"
+    pad: int = 4
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     color_jitter: float = 0.3
     interpolation: str = "bicubic"
@@ -261,6 +274,33 @@ def _validate(r: Recipe) -> None:
             f"held out of train_dir or read from val_dir (got holdout_per_class={r.data.holdout_per_class}, "
             f"val_dir={r.data.val_dir!r}); set data.val_dir to null"
         )
+    if r.task == "classification":
+        _validate_augment(r)
+    span = r.model.keep_ratio_range
+    if span is not None and (len(span) != 2 or not 0 < span[0] <= span[1] <= 1):
+        raise ValueError(f"recipe key model.keep_ratio_range must be [low, high] with 0 < low <= high <= 1, got {list(span)!r}")
+    if span is not None and r.model.keep_ratio is None:
+        raise ValueError("recipe key model.keep_ratio_range needs model.keep_ratio (the ratio validation and "
+                         "checkpoints use)")
+
+
+def _validate_augment(r: Recipe) -> None:
+    """The tensor path of ``data.cache`` knows crop-with-padding, flips, Mixup/CutMix only;
+    ``augment.crop: pad`` exists on that path only."""
+    a = r.augment
+    if a.pad < 0:
+        raise ValueError(f"recipe key augment.pad must be >= 0, got {a.pad!r}")
+    if r.data.cache:
+        pil_only = {"augment.crop": (a.crop, "pad"), "augment.auto_augment": (a.auto_augment, None),
+                    "augment.color_jitter": (a.color_jitter, 0.0), "augment.re_prob": (a.re_prob, 0.0)}
+        for key, (got, allowed) in pil_only.items():
+            if got != allowed and not (allowed == 0.0 and not got):
+                raise ValueError(
+                    f"recipe key {key} must be {allowed!r} with data.cache: true (batches are augmented "
+                    f"on tensors: crop with padding, flip, Mixup/CutMix), got {got!r}"
+                )
+    elif a.crop == "pad":
+        raise ValueError("recipe key augment.crop: pad needs data.cache: true (the tensor augmentation path)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,17 +28,12 @@ from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
 
+from . import image_cache
+from .batch import BadImageError, Batch, Sample
 from .config import Recipe
 from .distributed import DistInfo
 
 logger = logging.getLogger(__name__)
-
-Sample = tuple[str, int]
-
-
-class BadImageError(RuntimeError):
-    """An image could not be read and ``data.on_bad_image`` is ``'error'``."""
-
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 32-bit seed from integers (seed, epoch, index, ...)."""
@@ -174,19 +169,6 @@ class ImageSamples(Dataset):
         return out, target, None
 
 
-@dataclass
-class Batch:
-    images: torch.Tensor  # (B, 3, H, W)
-    targets: torch.Tensor  # (B,)
-    skipped: int  # unreadable images dropped from this batch
-
-    def pin_memory(self) -> Batch:
-        """The batch in page-locked memory: what ``DataLoader(pin_memory=True)`` calls on a custom
-        batch type (without it the loader returns the batch unpinned and the trainer's
-        ``.to(device, non_blocking=True)`` copies block)."""
-        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.skipped)
-
-
 def collate_skipping(items: list, even: bool = False) -> Batch:
     """Stack the readable samples; with ``even`` drop one more to keep the batch even (Mixup)."""
     good = [(x, t) for x, t, bad in items if bad is None]
@@ -308,16 +290,32 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
 def train_loader(
     samples: Sequence[Sample], recipe: Recipe, dist_info: DistInfo, mixup: bool
 ) -> tuple[DataLoader, ResumableSampler]:
-    """Training loader (drop_last) and its sampler; call ``sampler.set_position`` before each epoch."""
+    """Training loader (drop_last) and its sampler; call ``sampler.set_position`` before each epoch.
+
+    With ``data.cache`` the split is read from its uint8 tensor cache and batches are augmented
+    on tensors, in this process (no worker: a batch costs about a millisecond)."""
+    if recipe.data.cache:
+        a = recipe.augment
+        ds = image_cache.CachedImages(
+            _cache(samples, recipe), a.mean, a.std, recipe.train.seed, a.pad, a.hflip, even=mixup
+        )
+        return resumable_loader(ds, recipe, dist_info, image_cache.collate_batch, workers=0)
     ds = ImageSamples(samples, build_transform(recipe, True), recipe.train.seed, recipe.data.on_bad_image)
     return resumable_loader(ds, recipe, dist_info, _collate_even if mixup else collate_skipping)
 
 
+def _cache(samples: Sequence[Sample], recipe: Recipe) -> image_cache.ImageCache:
+    a = recipe.augment
+    geometry = image_cache.Geometry(recipe.model.img_size, a.crop_pct, a.interpolation)
+    return image_cache.load_or_build(samples, geometry, recipe.data.cache_dir, recipe.data.on_bad_image)
+
+
 def resumable_loader(
-    ds: Dataset, recipe: Recipe, dist_info: DistInfo, collate_fn: Callable[[list], Any]
+    ds: Dataset, recipe: Recipe, dist_info: DistInfo, collate_fn: Callable[[Any], Any], workers: int | None = None
 ) -> tuple[DataLoader, ResumableSampler]:
     """A training loader of ``ds`` (drop_last, this process's share of the global batch) and its
-    resumable sampler; ``ds`` takes ``(epoch, index)`` keys."""
+    resumable sampler; ``ds`` takes ``(epoch, index)`` keys. ``workers``: None for
+    ``data.num_workers``."""
     batch = local_batch_size(recipe.train.batch_size, dist_info.world_size)
     sampler = ResumableSampler(ds, dist_info.world_size, dist_info.rank, recipe.train.seed)
     if sampler.num_samples < batch:
@@ -325,7 +323,7 @@ def resumable_loader(
             f"each process gets {sampler.num_samples} training images per epoch, fewer than its batch "
             f"of {batch}; lower train.batch_size or use more data"
         )
-    workers = recipe.data.num_workers
+    workers = recipe.data.num_workers if workers is None else workers
     loader = DataLoader(
         ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True, collate_fn=collate_fn,
         persistent_workers=workers > 0, pin_memory=dist_info.device.type == "cuda",
@@ -337,10 +335,16 @@ def resumable_loader(
 def eval_loader(
     samples: Sequence[Sample], recipe: Recipe, dist_info: DistInfo, batch_size: int
 ) -> DataLoader:
-    ds = ImageSamples(samples, build_transform(recipe, False), on_bad_image=recipe.data.on_bad_image)
+    if recipe.data.cache:
+        a = recipe.augment
+        ds: Dataset = image_cache.CachedImages(_cache(samples, recipe), a.mean, a.std)
+        collate, workers = image_cache.collate_batch, 0
+    else:
+        ds = ImageSamples(samples, build_transform(recipe, False), on_bad_image=recipe.data.on_bad_image)
+        collate, workers = collate_skipping, recipe.data.num_workers
     return DataLoader(
         ds, batch_size=batch_size, sampler=ShardSampler(len(ds), dist_info.rank, dist_info.world_size),
-        num_workers=recipe.data.num_workers, collate_fn=collate_skipping,
+        num_workers=workers, collate_fn=collate,
         pin_memory=dist_info.device.type == "cuda", generator=torch.Generator(),
         worker_init_fn=_ignore_stop_signals,
     )  # fmt: skip
