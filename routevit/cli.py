@@ -166,24 +166,29 @@ def _eval(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import logging
     import shlex
+    from dataclasses import asdict
     from pathlib import Path
 
     from .errors import removed_if_left_empty
     from .reproduce import Budget, reproduce
+    from .reproduce.cifar10 import HEADLINE_ONLY, PRESETS
     from .reproduce.report import markdown, plot, write_section
 
     if not Path(args.data).is_dir():
         where = repr(args.data)
         raise FileNotFoundError(f"--data: expected a CIFAR-10 ImageFolder root, got {where} (no folder)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    budget = Budget(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                    seeds=tuple(args.seeds),
-                    batch_size=args.batch_size, holdout_per_class=args.holdout_per_class,
-                    num_workers=args.workers, max_train_per_class=args.max_train_per_class,
-                    max_val_per_class=args.max_val_per_class, bench_batch=args.bench_batch,
-                    bench_repeats=args.bench_repeats, sweep=tuple(args.sweep))  # fmt: skip
+    preset = {**asdict(Budget()), **PRESETS[args.preset]}
+    given = {"teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+             "seeds": tuple(args.seeds) if args.seeds is not None else None, "batch_size": args.batch_size,
+             "holdout_per_class": args.holdout_per_class, "num_workers": args.workers,
+             "max_train_per_class": args.max_train_per_class, "max_val_per_class": args.max_val_per_class,
+             "bench_batch": args.bench_batch, "bench_repeats": args.bench_repeats,
+             "sweep": tuple(args.sweep) if args.sweep is not None else None}  # fmt: skip
+    budget = Budget(**{**preset, **{k: v for k, v in given.items() if v is not None}})
+    only = args.only or (list(HEADLINE_ONLY) if args.preset == "headline" else [])
     with removed_if_left_empty(Path(args.out)):
-        results = reproduce(args.data, args.out, budget, only=args.only)
+        results = reproduce(args.data, args.out, budget, only=only)
     command = "routevit " + " ".join(shlex.quote(a) for a in args.command_line)
     section = markdown(results, command)
     print(section)
@@ -351,20 +356,23 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="runs/cifar10_mini", help="run folders and results.json")
     rep.add_argument("--docs", help="Markdown file whose reproduction section is (re)written")
     rep.add_argument("--plot", help="PNG of accuracy against measured images/s")
-    rep.add_argument("--teacher-epochs", type=positive, default=4, help="epochs of the vanilla teacher")
-    rep.add_argument("--student-epochs", type=positive, default=1, help="epochs of every other row")
-    rep.add_argument("--seeds", type=_int_list(0, "seeds"), default="0,1",
-                     help="seeds of the headline rows")
-    rep.add_argument("--batch-size", type=positive, default=256, help="training and evaluation batch size")
-    rep.add_argument("--holdout-per-class", type=positive, default=500,
-                     help="validation: the N lexicographically last files of each class")
-    rep.add_argument("--workers", type=non_negative, default=1, help="data loader workers per run")
+    rep.add_argument("--preset", choices=("full", "headline", "quick"), default="full",
+                     help="full: every row and table, 3 seeds; headline: teacher, bLViT, EViT and ToMe, "
+                          "one seed; quick: every code path on a subset in minutes (not a result). "
+                          "The options below override the preset's values")
+    rep.add_argument("--teacher-epochs", type=positive, help="epochs of the teacher and the narrow ViT (20)")
+    rep.add_argument("--student-epochs", type=positive,
+                     help="epochs of the rows initialised from the teacher (2)")
+    rep.add_argument("--seeds", type=_int_list(0, "seeds"), help="seeds of the seeded rows (0,1,2)")
+    rep.add_argument("--batch-size", type=positive, help="training and evaluation batch size (256)")
+    rep.add_argument("--holdout-per-class", type=positive,
+                     help="validation: the N lexicographically last files of each class (500)")
+    rep.add_argument("--workers", type=non_negative, help="data loader workers per run (0)")
     rep.add_argument("--max-train-per-class", type=positive, help="train on a subset (smoke runs)")
     rep.add_argument("--max-val-per-class", type=positive, help="evaluate on a subset (smoke runs)")
-    rep.add_argument("--bench-batch", type=positive, default=256, help="batch size of the speed measurements")
-    rep.add_argument("--bench-repeats", type=positive, default=7, help="timed pairs per speed measurement")
-    rep.add_argument("--sweep", type=_ratios, default="0.1,0.2,0.25,0.5,0.75,1.0",
-                     help="keep ratios of the inference-time sweep of the trained bLViT-mini")
+    rep.add_argument("--bench-batch", type=positive, help="batch size of the speed measurements (256)")
+    rep.add_argument("--bench-repeats", type=positive, help="timed pairs per speed measurement (7)")
+    rep.add_argument("--sweep", type=_ratios, help="keep ratios of the inference-time dial of the bLViT-mini")
     rep.add_argument("--only", nargs="*", default=[], help="row keys to run (the teacher always runs)")
     rep.set_defaults(func=_reproduce)
     parser.commands = dict(sub.choices)

@@ -18,8 +18,9 @@ from routevit.train.config import recipe_from_dict
 from routevit.train.data import ImageSamples, build_transform, find_splits
 from routevit.train.image_cache import CachedImages, Geometry, crop_flip, load_or_build, sample_bits
 
-CACHED = {"data": {"cache": True}, "augment": {"crop": "pad", "pad": 2, "auto_augment": None, "color_jitter": 0.0,
-                                               "re_prob": 0.0, "mixup": 0.0, "cutmix": 0.0}}  # fmt: skip
+TENSOR_AUGMENT = {"crop": "pad", "pad": 2, "auto_augment": None, "color_jitter": 0.0, "re_prob": 0.0,
+                  "mixup": 0.0, "cutmix": 0.0}  # fmt: skip
+CACHED = {"data": {"cache": True}, "augment": TENSOR_AUGMENT}
 
 
 def _samples(root: Path) -> list[tuple[str, int]]:

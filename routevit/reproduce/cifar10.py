@@ -1,13 +1,15 @@
-"""The paper's Table 1 and Table 3 in miniature on CIFAR-10 (``routevit reproduce cifar10``).
+"""The paper's Tables 1, 3, 4 and 5 in miniature on CIFAR-10 (``routevit reproduce cifar10``).
 
-Every row is a ``routevit train`` run of a recipe ``routevit/reproduce/recipes/mini_*.yaml``
-(package data; linked as ``recipes/cifar10/mini_*.yaml`` in a checkout, so each row can be rerun
-alone), then evaluated on the held-out split (the 500 lexicographically last
-files of each class), counted with [`routevit.flops.count`][] and timed against the teacher in
-the same process with [`routevit.bench.time_pair`][] (alternating, median of per-pair ratios).
+Every row (:mod:`routevit.reproduce.rows`) is a ``routevit train`` run, then evaluated on the
+held-out split (the 500 lexicographically last files of each class), counted with
+[`routevit.flops.count`][] and timed against the teacher in the same process with
+[`routevit.bench.time_pair`][] (alternating, median of per-pair ratios). The bLViT-mini of each
+seed is also swept over keep ratios at inference (the run-time dial), which is what places it at
+the *measured speed* of each peer; the dial row is one model trained for every keep ratio.
 
 Runs and per-row results live under ``--out``; a rerun skips finished trainings and measured rows,
-so a killed reproduction continues where it stopped.
+so a killed reproduction continues where it stopped. Training order: the teacher, the headline
+rows seed by seed, then the tables.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from ..train.data import eval_loader, find_splits
 from ..train.distributed import DistInfo
 from ..train.engine import train
 from ..train.evaluate import evaluate_model
+from .checks import int8_accuracy, training_throughput
+from .rows import DIAL_RANGE, HEADLINE, TABLE5_KEEP, Row, rows
 
 logger = logging.getLogger(__name__)
 
@@ -39,112 +43,116 @@ logger = logging.getLogger(__name__)
 # wheel; recipes/cifar10/mini_*.yaml in a checkout are links to these files.
 RECIPES = Path(__file__).resolve().parent / "recipes"
 IMG = 32
+TEACHER_ARCH = "vit_tiny_patch16_224"  # the timm name of the teacher's recipe
+DIAL_POINTS = (0.1, 0.125, 0.2, 0.25, 0.375, 0.5)  # where the dial row is measured
 
 
 @dataclass(frozen=True)
 class Budget:
     """How long each kind of row trains, and how the rows are measured."""
 
-    teacher_epochs: int = 4
-    student_epochs: int = 1
-    seeds: tuple[int, ...] = (0, 1)  # headline rows (teacher excluded: one teacher for all)
+    teacher_epochs: int = 20
+    student_epochs: int = 2
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeded rows (the teacher is trained once)
     batch_size: int = 256
     holdout_per_class: int = 500  # the recipes' documented validation rule
-    num_workers: int = 1  # data loader workers per training run
+    num_workers: int = 0  # data loader workers per training run (0: the tensor cache needs none)
     max_train_per_class: int | None = None  # a smoke run on a subset
     max_val_per_class: int | None = None
     bench_batch: int = 256
     bench_repeats: int = 7
-    sweep: tuple[float, ...] = (0.1, 0.2, 0.25, 0.5, 0.75, 1.0)
+    sweep: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
+    throughput_steps: int = 20  # training steps per loader/precision in the throughput check
 
 
-@dataclass(frozen=True)
-class Row:
-    """One trained model of the tables.
-
-    ``epochs`` is ``"teacher"``, ``"student"`` or ``"both"`` (teacher + student epochs: a model
-    trained from scratch that has seen as many epochs as the teacher-initialised rows' lineage).
-    """
-
-    key: str
-    label: str
-    recipe: str
-    tables: tuple[str, ...]
-    epochs: str = "student"
-    from_teacher: bool = True  # init from the teacher's weights
-    distill: bool = True  # keep the recipe's feature distillation (if it has one)
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra model kwargs
-    seeded: bool = False  # trained once per Budget.seed
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    # the headline rows alone, one seed: what a first look needs
+    "headline": {"seeds": (0,)},
+    # every code path on a subset, in minutes: not a result
+    "quick": {"teacher_epochs": 1, "student_epochs": 1, "seeds": (0, 1), "batch_size": 64,
+              "max_train_per_class": 64, "max_val_per_class": 20, "bench_batch": 32, "bench_repeats": 2,
+              "sweep": (0.2, 0.5, 1.0), "throughput_steps": 3},
+}  # fmt: skip
+HEADLINE_ONLY = ("teacher", "blvit", "evit", "tome")  # --preset headline's rows
 
 
-def rows() -> list[Row]:
-    """Table 1 (peers at about the bLViT-mini's MACs) and Table 3 (the ablation path)."""
-    return [
-        Row("teacher", "ViT-mini (teacher)", "mini_teacher.yaml", ("table1",), "teacher", False),
-        # the control of every fine-tuned row: the teacher trained as long as they are, unchanged
-        Row("teacher_ft", "ViT-mini (teacher), fine-tuned like the rows below", "mini_teacher.yaml",
-            ("table1",)),
-        Row("narrow", "ViT-mini narrow (width 75)", "mini_narrow.yaml", ("table1",), "both", False),
-        Row("evit", "EViT on the teacher", "mini_evit.yaml", ("table1",)),
-        Row("tome", "ToMe on the teacher", "mini_tome.yaml", ("table1",)),
-        Row("early_prune", "Early prune on the teacher", "mini_early_prune.yaml", ("table1",)),
-        Row("blvit", "bLViT-mini", "mini_blvit.yaml", ("table1", "table3"), seeded=True),
-        Row("t3_early_prune", "early prune", "mini_blvit.yaml", ("table3",), from_teacher=False,
-            distill=False, kwargs={"ablation": "early_prune"}),
-        Row("t3_e_block", "+ E-block", "mini_blvit.yaml", ("table3",), from_teacher=False,
-            distill=False, kwargs={"ablation": "e_block"}),
-        Row("t3_predictor", "+ predictor", "mini_blvit.yaml", ("table3",), from_teacher=False,
-            distill=False, kwargs={"ablation": "predictor"}),
-        Row("t3_semi_ca", "+ semi-cross attention", "mini_blvit.yaml", ("table3",), from_teacher=False,
-            distill=False),
-        Row("t3_pretrain", "+ init from the teacher", "mini_blvit.yaml", ("table3",), distill=False),
-    ]  # fmt: skip
+def row_name(row: Row, seed: int) -> str:
+    return f"{row.key}_seed{seed}" if row.seeded else row.key
 
 
-def _ablation_kwargs(step: str) -> dict[str, Any]:
-    from ..baselines.ablation import table3_overrides
+def matched_reductions(budget: Budget, out: Path) -> dict[str, Any]:
+    """EViT's keep rate and ToMe's r whose MACs are closest to the bLViT-mini's (counted once,
+    saved in ``out/matched.json``)."""
+    from ..bench_peers import match_evit, match_tome
 
-    return table3_overrides(step)
+    def compute() -> dict[str, Any]:
+        blvit = load_recipe(RECIPES / "mini_blvit.yaml").model
+        target = count(build_student(blvit, pretrained=False), input_size=(3, IMG, IMG))
+        teacher = load_recipe(RECIPES / "mini_teacher.yaml").model
+        evit_layers = load_recipe(RECIPES / "mini_evit.yaml").model.token_reduction["prune_layers"]
+
+        def build() -> nn.Module:
+            return build_student(teacher, pretrained=False)
+
+        keep, evit_gmacs = match_evit(build, target, (3, IMG, IMG), evit_layers)
+        r, tome_gmacs = match_tome(build, target, (3, IMG, IMG))
+        return {"blvit_gmacs": target, "evit_keep_rate": keep, "evit_gmacs": evit_gmacs, "tome_r": r,
+                "tome_gmacs": tome_gmacs}  # fmt: skip
+
+    return _cached(out / "matched.json", compute)
 
 
-def row_recipe(row: Row, seed: int, data: str, out: Path, budget: Budget) -> Recipe:
-    """The recipe file of ``row`` with this reproduction's data, outputs, epochs and seed."""
+def row_recipe(
+    row: Row, seed: int, data: str, out: Path, budget: Budget, matched: dict[str, Any] | None = None
+) -> Recipe:
+    """The recipe file of ``row`` with this reproduction's data, outputs, epochs, seed and the
+    row's switches (see :mod:`routevit.reproduce.rows` for the fairness rules)."""
     recipe = load_recipe(RECIPES / row.recipe)
+    as_dict = recipe_to_dict(recipe)
     teacher_dir = str(out / "teacher")
-    epochs = {
-        "teacher": budget.teacher_epochs,
-        "student": budget.student_epochs,
-        "both": budget.teacher_epochs + budget.student_epochs,
-    }[row.epochs]
-    model = dict(recipe_to_dict(recipe)["model"])
-    model["pretrained"] = teacher_dir if row.from_teacher else None
+    epochs = budget.teacher_epochs if row.epochs == "teacher" else budget.student_epochs
+    model = {**as_dict["model"], **row.model, "pretrained": teacher_dir if row.from_teacher else None}
     kwargs = dict(model["kwargs"])
     extra = dict(row.kwargs)
     if "ablation" in extra:
-        kwargs.update(_ablation_kwargs(extra.pop("ablation")))
-    kwargs.update(extra)
-    model["kwargs"] = kwargs
-    distill = dict(recipe_to_dict(recipe)["distill"])
-    if row.distill and distill["teacher"] is not None:
-        distill["teacher_checkpoint"] = teacher_dir
+        from ..baselines.ablation import table3_overrides
+
+        kwargs.update(table3_overrides(extra.pop("ablation")))
+    model["kwargs"] = {**kwargs, **extra}
+    if row.match is not None:
+        if matched is None:
+            raise ValueError(f"row {row.key!r} matches the bLViT-mini's MACs: pass matched_reductions()")
+        reduction = dict(model["token_reduction"])
+        if row.match == "evit":
+            reduction["keep_rate"] = matched["evit_keep_rate"]
+        else:
+            reduction["r"] = matched["tome_r"]
+        model["token_reduction"] = reduction
+    fine_tune = recipe_to_dict(load_recipe(RECIPES / "mini_blvit.yaml"))
+    distill = dict(as_dict["distill"])
+    if row.distill is not None:
+        lambda_fd = row.lambda_fd if row.lambda_fd is not None else fine_tune["distill"]["lambda_fd"]
+        distill.update(
+            teacher=TEACHER_ARCH, teacher_checkpoint=teacher_dir, feature=row.distill, lambda_fd=lambda_fd
+        )
     else:
         distill["teacher"] = None
-    name = row.key if not row.seeded else f"{row.key}_seed{seed}"
-    # one schedule per kind of row: from scratch as the teacher, from the teacher as the bLViT-mini
-    optim = dict(recipe_to_dict(recipe)["optim"])
-    source = "mini_blvit.yaml" if row.from_teacher else "mini_teacher.yaml"
-    source_optim = recipe_to_dict(load_recipe(RECIPES / source))["optim"]
-    optim.update(lr=source_optim["lr"], warmup_epochs=source_optim["warmup_epochs"])
+    # one optimizer and schedule per kind of row: from scratch as the teacher, from the teacher as
+    # the bLViT-mini (every fine-tuned row alike)
+    source = fine_tune if row.from_teacher else recipe_to_dict(load_recipe(RECIPES / "mini_teacher.yaml"))
+    optim = {**as_dict["optim"], **source["optim"]}
     return replace_fields(
         recipe,
         model=model,
         distill=distill,
         optim=optim,
+        augment=source["augment"],
         data={"root": data, "holdout_per_class": budget.holdout_per_class, "num_workers": budget.num_workers,
               "max_train_per_class": budget.max_train_per_class,
               "max_val_per_class": budget.max_val_per_class},
         train={"epochs": epochs, "seed": seed, "batch_size": budget.batch_size},
-        run={"output": str(out / name)},
+        run={"output": str(out / row_name(row, seed))},
     )  # fmt: skip
 
 
@@ -153,16 +161,19 @@ def _finished(recipe: Recipe) -> bool:
     return latest is not None and load_train_state(latest)["epoch"] >= recipe.train.epochs
 
 
-def train_row(recipe: Recipe) -> None:
-    """Train (or finish training) one row; a finished run is left as it is."""
+def train_row(recipe: Recipe) -> float:
+    """Train (or finish training) one row; returns the seconds this call trained (0 when the
+    run had finished already)."""
     if _finished(recipe):
         logger.info("%s: already trained", recipe.run.output)
-        return
+        return 0.0
     start = time.perf_counter()
     result = train(recipe, resume=True)
     if result.status != "finished":
         raise RuntimeError(f"training {recipe.run.output} was interrupted (signal {result.signal})")
-    logger.info("%s: trained in %.0f s", recipe.run.output, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    logger.info("%s: trained in %.0f s", recipe.run.output, seconds)
+    return seconds
 
 
 def load_row_model(recipe: Recipe, keep_ratio: float | None = None) -> nn.Module:
@@ -181,6 +192,13 @@ def accuracy(model: nn.Module, recipe: Recipe) -> float:
     return evaluate_model(model, loader, info.device)["top1"]
 
 
+def epoch_history(recipe: Recipe) -> list[float]:
+    """The held-out top-1 after each epoch of a row's training (its ``metrics.jsonl``)."""
+    path = Path(recipe.run.output) / "metrics.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [e["val_top1"] for e in events if e["event"] == "val"]
+
+
 def measure(model: nn.Module, teacher: nn.Module, recipe: Recipe, budget: Budget) -> dict[str, float]:
     """Accuracy, GMACs per image and images/s (alternated with the teacher in this process)."""
     timing = time_pair(
@@ -195,7 +213,7 @@ def measure(model: nn.Module, teacher: nn.Module, recipe: Recipe, budget: Budget
     }
 
 
-def _cached(path: Path, compute) -> dict[str, Any]:
+def _cached(path: Path, compute: Callable[[], Any]) -> Any:
     if path.is_file():
         return json.loads(path.read_text())
     value = compute()
@@ -204,62 +222,136 @@ def _cached(path: Path, compute) -> dict[str, Any]:
     return value
 
 
+def _plans(only: Sequence[str], budget: Budget) -> list[tuple[Row, int]]:
+    """(row, seed) in training order: the teacher, the headline rows seed by seed, the rest."""
+    selected = [r for r in rows() if not only or r.key in only or r.key == "teacher"]
+    first = [(r, 0) for r in selected if r.key == "teacher"]
+    by_key = {r.key: r for r in selected}
+    headline = [(by_key[k], s) for s in budget.seeds for k in HEADLINE[1:] if k in by_key]
+    rest = [(r, s) for r in selected if r.key not in HEADLINE for s in (budget.seeds if r.seeded else (0,))]
+    return first + headline + rest
+
+
 def reproduce(data: str, out: str | Path, budget: Budget, only: Sequence[str] = ()) -> dict[str, Any]:
     """Train, evaluate and time every row; returns (and saves) ``out/results.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = [r for r in rows() if not only or r.key in only or r.key == "teacher"]
-    plans = [(row, seed) for row in selected for seed in (budget.seeds if row.seeded else (0,))]
+    unknown = sorted(set(only) - {r.key for r in rows()})
+    if unknown:
+        raise ValueError(f"--only: unknown row key(s) {unknown}; valid keys are {[r.key for r in rows()]}")
     started = time.perf_counter()
-    recipes = {}
+    plans = _plans(only, budget)
+    matched = matched_reductions(budget, out) if any(r.match for r, _ in plans) else None
+    recipes: dict[tuple[str, int], Recipe] = {}
+    train_seconds = 0.0
     for row, seed in plans:
-        recipe = row_recipe(row, seed, data, out, budget)
+        recipe = row_recipe(row, seed, data, out, budget, matched)
         recipes[(row.key, seed)] = recipe
-        train_row(recipe)
-    train_seconds = time.perf_counter() - started
+        seconds = train_row(recipe)
+        train_seconds += seconds
+        if seconds:
+            _record_training(out, row_name(row, seed), seconds)
 
-    teacher_recipe = recipes[("teacher", 0)]
-    teacher = load_row_model(teacher_recipe)
-    results: dict[str, Any] = {"budget": asdict(budget), "rows": [], "sweep": []}
+    teacher = load_row_model(recipes[("teacher", 0)])
+    results: dict[str, Any] = {"budget": asdict(budget), "matched": matched, "rows": [], "sweep": [],
+                               "dial": [], "training_seconds": _training_seconds(out)}  # fmt: skip
     for row, seed in plans:
         recipe = recipes[(row.key, seed)]
-        name = Path(recipe.run.output).name
+        name = row_name(row, seed)
         value = _cached(out / "measured" / f"{name}.json",
                         lambda r=recipe: measure(load_row_model(r), teacher, r, budget))  # fmt: skip
-        results["rows"].append({"key": row.key, "label": row.label, "tables": list(row.tables),
-                                "seed": seed, **value})  # fmt: skip
-    if "tome" in {r.key for r in selected}:
+        results["rows"].append({"key": row.key, "label": row.label, "tables": list(row.tables), "seed": seed,
+                                "distill": row.distill, "epochs": recipe.train.epochs,
+                                "history": epoch_history(recipe), **value})  # fmt: skip
+    if "tome" in {r.key for r, _ in plans}:
         # ToMe's selling point: no training at all, patched straight onto the teacher
-        recipe = recipes[("tome", 0)]
+        recipe = recipes[("tome", budget.seeds[0])]
         off_the_shelf = replace(recipe.model, pretrained=None)
         value = _cached(out / "measured" / "tome_off_the_shelf.json", lambda: measure(
             _teacher_weights_into(build_student(off_the_shelf, pretrained=False), teacher),
             teacher, recipe, budget))  # fmt: skip
         results["rows"].append({"key": "tome_off_the_shelf", "label": "ToMe on the teacher, no training",
-                                "tables": ["table1"], "seed": 0, **value})  # fmt: skip
-    blvit = [(row, seed) for row, seed in plans if row.key == "blvit"]
-    if blvit:
-        recipe = recipes[("blvit", blvit[0][1])]
-        for ratio in budget.sweep:
-            value = _cached(out / "measured" / f"sweep_{ratio:g}.json",
-                            lambda r=ratio: measure(load_row_model(recipe, r), teacher, recipe, budget))
-            results["sweep"].append({"keep_ratio": ratio, **value})
+                                "tables": ["table1"], "seed": 0, "distill": None, "epochs": 0, "history": [],
+                                **value})  # fmt: skip
+    for row, seed in plans:
+        recipe = recipes[(row.key, seed)]
+        points = budget.sweep if row.key == "blvit" else DIAL_POINTS if row.key == "dial" else ()
+        target = "sweep" if row.key == "blvit" else "dial"
+        for ratio in points:
+            value = _cached(
+                out / "measured" / f"{target}_{row_name(row, seed)}_{ratio:g}.json",
+                lambda r=ratio, rc=recipe: measure(load_row_model(rc, r), teacher, rc, budget),
+            )
+            results[target].append({"seed": seed, "keep_ratio": ratio, **value})
+    if "dial" in {r.key for r, _ in plans}:
+        results["fixed_keep"] = _fixed_keep_points(results["rows"])
+    teacher_recipe = recipes[("teacher", 0)]
+    results["throughput"] = _cached(
+        out / "measured" / "throughput.json",
+        lambda: training_throughput(teacher_recipe, budget.throughput_steps),
+    )
+    int8_rows = [(k, s) for k, s in (("teacher", 0), ("blvit", budget.seeds[0])) if (k, s) in recipes]
+    results["int8"] = _cached(
+        out / "measured" / "int8.json", lambda: _int8(int8_rows, recipes, results["rows"])
+    )
     total = time.perf_counter() - started
+    results["seconds"] = _seconds(out, train_seconds, total)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    return results
+
+
+def _int8(keys: list[tuple[str, int]], recipes: dict[tuple[str, int], Recipe], measured: list[dict[str, Any]]
+          ) -> list[dict[str, Any]]:  # fmt: skip
+    out = []
+    for key, seed in keys:
+        recipe = recipes[(key, seed)]
+        top1 = next(m["top1"] for m in measured if (m["key"], m["seed"]) == (key, seed))
+        label = next(m["label"] for m in measured if m["key"] == key)
+        value = int8_accuracy(f"{label} (seed {seed})", load_row_model(recipe), top1,
+                              lambda model, r=recipe: accuracy(model, r))  # fmt: skip
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def _fixed_keep_points(measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The models trained at one keep ratio (Table 5 and the bLViT-mini), for the dial's plot."""
+    from .rows import KEEP_RATIO
+
+    keep_of = {f"t5_keep{k:g}": k for k in TABLE5_KEEP} | {"blvit": KEEP_RATIO}
+    return [{"keep_ratio": keep_of[m["key"]], **{k: m[k] for k in ("seed", "top1", "gmacs", "images_per_s",
+                                                                   "speedup_vs_teacher")}}
+            for m in measured if m["key"] in keep_of]  # fmt: skip
+
+
+def _record_training(out: Path, name: str, seconds: float) -> None:
+    path = out / "trained.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved[name] = saved.get(name, 0.0) + seconds
+    atomic_write_text(path, json.dumps(saved, indent=1))
+
+
+def _training_seconds(out: Path) -> dict[str, float]:
+    path = out / "trained.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _seconds(out: Path, train_seconds: float, total: float) -> dict[str, Any]:
     # an output folder built over several calls (a killed run resumed, a row added) adds them up
     saved = out / "results.json"
     before = json.loads(saved.read_text()).get("seconds", {}) if saved.is_file() else {}
-    results["seconds"] = {
+    return {
         "training_this_call": train_seconds,
         "total_this_call": total,
-        "training_all_calls": before.get("training_all_calls", before.get("training_this_call", 0.0))
-        + train_seconds,
-        "total_all_calls": before.get("total_all_calls", before.get("total_this_call", 0.0)) + total,
-        "calls": before.get("calls", 1 if before else 0) + 1,
+        "training_all_calls": before.get("training_all_calls", 0.0) + train_seconds,
+        "total_all_calls": before.get("total_all_calls", 0.0) + total,
+        "calls": before.get("calls", 0) + 1,
     }
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
-    return results
 
 
 def _teacher_weights_into(model: nn.Module, teacher: nn.Module) -> nn.Module:
     model.load_state_dict(teacher.state_dict())
     return model.eval()
+
+
+__all__ = ["DIAL_RANGE", "Budget", "PRESETS", "Row", "reproduce", "row_recipe", "rows"]

@@ -311,7 +311,11 @@ def _cache(samples: Sequence[Sample], recipe: Recipe) -> image_cache.ImageCache:
 
 
 def resumable_loader(
-    ds: Dataset, recipe: Recipe, dist_info: DistInfo, collate_fn: Callable[[Any], Any], workers: int | None = None
+    ds: Dataset,
+    recipe: Recipe,
+    dist_info: DistInfo,
+    collate_fn: Callable[[Any], Any],
+    workers: int | None = None,
 ) -> tuple[DataLoader, ResumableSampler]:
     """A training loader of ``ds`` (drop_last, this process's share of the global batch) and its
     resumable sampler; ``ds`` takes ``(epoch, index)`` keys. ``workers``: None for

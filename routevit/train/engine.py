@@ -249,6 +249,7 @@ class _Run:
         parts and the gradient norm are read back (and returned) only when ``log``."""
         dev, t = self.info.device, self.recipe.train
         seed_all(derive_seed(t.seed, self.step, self.info.rank))
+        self.task.before_step(self.student, self.step)
         loss, parts, n_local = self.task.loss(self.net, self.teacher, batch, dev)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -106,7 +106,10 @@ def build_cache(
 
 
 def load_or_build(
-    samples: Sequence[Sample], geometry: Geometry, cache_dir: str | Path | None = None, on_bad_image: str = "skip"
+    samples: Sequence[Sample],
+    geometry: Geometry,
+    cache_dir: str | Path | None = None,
+    on_bad_image: str = "skip",
 ) -> ImageCache:
     """The cache of ``samples`` (built, and written atomically, if it does not exist yet)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -157,7 +160,9 @@ def crop_flip(images: torch.Tensor, bits: np.ndarray, pad: int, hflip: float) ->
     offsets = 2 * pad + 1
     dy = torch.from_numpy((bits % np.uint64(offsets)).astype(np.int64))
     dx = torch.from_numpy(((bits >> np.uint64(8)) % np.uint64(offsets)).astype(np.int64))
-    flip = torch.from_numpy(((bits >> np.uint64(16)) & np.uint64(0xFFFFFF)).astype(np.float64) / 2**24 < hflip)
+    flip = torch.from_numpy(
+        ((bits >> np.uint64(16)) & np.uint64(0xFFFFFF)).astype(np.float64) / 2**24 < hflip
+    )
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
     cols = dx[:, None] + torch.arange(w)[None]
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -13,17 +13,19 @@ import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .build import WithFeatures, build_student, build_teacher, teacher_features
 from .config import Recipe
-from .data import Batch, build_mixup, eval_loader, find_splits, train_loader
+from .data import Batch, build_mixup, derive_seed, eval_loader, find_splits, train_loader
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate_model
 from .losses import DistillationLoss, supervised_loss
 
+KEEP_RATIO_STREAM = 0x6B65  # keeps the keep-ratio draws apart from the other per-step numbers
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor], int]  # loss, its named parts, local images
 
 
@@ -80,6 +82,10 @@ class Task(abc.ABC):
     ) -> dict[str, Any]:
         """Validation metrics of the student (``val_*``) and of its EMA (``val_ema_*``)."""
 
+    def before_step(self, student: nn.Module, step: int) -> None:
+        """Called before the loss of optimizer step ``step`` (on every rank); nothing by default."""
+        return None
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """What every checkpoint's ``meta.json`` records about the data (after :meth:`setup`),
         e.g. the class names ``routevit eval`` checks a folder against."""
@@ -116,6 +122,14 @@ class ClassificationTask(Task):
         net = WithFeatures(student, self.feature)
         return TaskParts(student, net, teacher, loader, sampler, val, description)
 
+    def before_step(self, student: nn.Module, step: int) -> None:
+        """With ``model.keep_ratio_range``, route a share drawn for this step (a function of the
+        seed and the step only, so every rank and a resumed run draw the same)."""
+        span = self.recipe.model.keep_ratio_range
+        if span is not None:
+            u = np.random.default_rng(derive_seed(self.recipe.train.seed, step, KEEP_RATIO_STREAM)).random()
+            student.set_keep_ratio(span[0] + (span[1] - span[0]) * u)
+
     def loss(self, net: nn.Module, teacher: nn.Module | None, batch: Batch, device: torch.device) -> LossOut:
         x = batch.images.to(device, non_blocking=True)
         y = batch.targets.to(device, non_blocking=True)
@@ -132,6 +146,10 @@ class ClassificationTask(Task):
         self, student: nn.Module, ema: nn.Module | None, loader: DataLoader, device: torch.device
     ) -> dict[str, Any]:
         amp = self.recipe.train.amp
+        if self.recipe.model.keep_ratio_range is not None:  # a step left its own draw
+            for model in (student, ema):
+                if model is not None:
+                    model.set_keep_ratio(self.recipe.model.keep_ratio)
         res = evaluate_model(student, loader, device, amp)
         out: dict[str, Any] = {"val_top1": res["top1"], "val_top5": res["top5"], "val_images": res["images"]}
         if ema is not None:
