@@ -51,7 +51,7 @@ DIAL_POINTS = (0.1, 0.125, 0.2, 0.25, 0.375, 0.5)  # where the dial row is measu
 class Budget:
     """How long each kind of row trains, and how the rows are measured."""
 
-    teacher_epochs: int = 20
+    teacher_epochs: int = 30
     student_epochs: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)  # seeded rows (the teacher is trained once)
     batch_size: int = 256

@@ -8,15 +8,13 @@ measured speed: its accuracy there is interpolated linearly in the sweep of each
 
 from __future__ import annotations
 
-import platform
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..bench_pairs import machine_summary
 from ..train.checkpoint import atomic_write_text
 
 BEGIN = "<!-- cifar10-reproduction:begin -->"
@@ -187,12 +185,11 @@ def markdown(results: dict[str, Any], command: str) -> str:
         ),
     )
     table5 = in_table("table5") + [e for e in entries if e["key"] == "blvit"]
-    cpu = platform.processor() or platform.machine()
     lines = [
         BEGIN,
         f"Command: `{command}`",
         "",
-        f"Machine: {torch.get_num_threads()} CPU threads ({cpu}), torch {torch.__version__}, fp32. "
+        f"Machine: {machine_summary()}; training and timing in fp32. "
         f"Teacher and narrow ViT {b['teacher_epochs']} epochs from scratch; rows initialised from the "
         f"teacher {b['student_epochs']} epochs (Table 3's from-scratch rows too); batch {b['batch_size']}. "
         "top-1 on the 5,000 held-out images (500 per class), final weights; 'last-epoch change' is the "
