@@ -223,11 +223,15 @@ def _cached(path: Path, compute: Callable[[], Any]) -> Any:
 
 
 def _plans(only: Sequence[str], budget: Budget) -> list[tuple[Row, int]]:
-    """(row, seed) in training order: the teacher, the headline rows seed by seed, the rest."""
+    """(row, seed) in training order: the teacher, the headline rows, the rest."""
     selected = [r for r in rows() if not only or r.key in only or r.key == "teacher"]
     first = [(r, 0) for r in selected if r.key == "teacher"]
     by_key = {r.key: r for r in selected}
-    headline = [(by_key[k], s) for s in budget.seeds for k in HEADLINE[1:] if k in by_key]
+    fine_tuned = [k for k in HEADLINE if k in by_key and by_key[k].from_teacher]
+    scratch = [k for k in HEADLINE[1:] if k in by_key and not by_key[k].from_teacher]
+    # the fine-tuned headline rows seed by seed first (minutes each), then the from-scratch ones
+    headline = [(by_key[k], s) for s in budget.seeds for k in fine_tuned]
+    headline += [(by_key[k], s) for k in scratch for s in budget.seeds]
     rest = [(r, s) for r in selected if r.key not in HEADLINE for s in (budget.seeds if r.seeded else (0,))]
     return first + headline + rest
 

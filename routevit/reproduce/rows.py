@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# the seeded comparison, in training order (the costly from-scratch narrow ViT last)
+# the seeded comparison
 HEADLINE = ("teacher", "blvit", "evit", "tome", "teacher_ft", "narrow")
 KEEP_RATIO = 0.2  # the bLViT-mini's: 13 of 64 patch tokens on the P path, 59% of the teacher's MACs
 LAMBDAS = (1.0, 2.5, 5.0, 10.0)  # Table 4
