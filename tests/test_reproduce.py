@@ -173,6 +173,8 @@ def test_tables_report_mean_spread_last_epoch_and_verdicts(tmp_path: Path):
     text = markdown(results, "routevit reproduce cifar10 --data X")
     spread = f"{statistics.mean([60.0, 64.0]):.2f} ± {statistics.stdev([60.0, 64.0]):.2f}"
     assert spread in text and "| BLVIT | 2 | 2 | no |" in text and "50%" in text and "+0.30" in text
+    assert "Against EVIT: better at equal MACs; better at equal measured time (2.00x" in text
+    assert "the bLViT-mini 62.00% at 50% of its MACs: 8.00 points below it." in text
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nbefore\n")
     write_section(doc, text)

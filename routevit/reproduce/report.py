@@ -132,6 +132,28 @@ def _verdict_lines(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def conclusion(results: dict[str, Any]) -> list[str]:
+    """The headline checks and the verdicts, in words, from the numbers of ``results``."""
+    entries = {e["key"]: e for e in grouped(results["rows"])}
+    if "blvit" not in entries:
+        return []
+    teacher = entries["teacher"]["values"]
+    ours = entries["blvit"]["values"]
+    gap = statistics.mean(teacher["top1"]) - statistics.mean(ours["top1"])
+    share = ours["gmacs"][0] / teacher["gmacs"][0]
+    lines = [
+        "**Conclusion** (generated from the numbers above):",
+        "",
+        f"- The teacher reaches {teacher['top1'][0]:.2f}% held-out top-1; the bLViT-mini "
+        f"{statistics.mean(ours['top1']):.2f}% at {share:.0%} of its MACs: "
+        + (f"{gap:.2f} points below it." if gap > 0 else f"{-gap:.2f} points above it."),
+    ]
+    for v in verdicts(results):
+        lines.append(f"- Against {v['label']}: {v['equal_macs']} at equal MACs; {v['equal_time']} at equal "
+                     f"measured time ({v['peer_speed']:.2f}x the teacher's speed).")  # fmt: skip
+    return [*lines, ""]
+
+
 def _points_table(points: Sequence[dict[str, Any]], title: str) -> list[str]:
     by_ratio: dict[float, list[dict[str, Any]]] = defaultdict(list)
     for p in points:
@@ -211,6 +233,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         *_table(in_table("table1"), t_gmacs),
         "",
         *_verdict_lines(results),
+        *conclusion(results),
     ]
     if table3:
         lines += ["**Table 3 in miniature** (each row adds one design choice; rows above '+ init from the "
