@@ -360,7 +360,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="full: every row and table, 3 seeds; headline: teacher, bLViT, EViT and ToMe, "
                           "one seed; quick: every code path on a subset in minutes (not a result). "
                           "The options below override the preset's values")
-    rep.add_argument("--teacher-epochs", type=positive, help="epochs of the teacher and the narrow ViT (20)")
+    rep.add_argument("--teacher-epochs", type=positive, help="epochs of the teacher and the narrow ViT (30)")
     rep.add_argument("--student-epochs", type=positive,
                      help="epochs of the rows initialised from the teacher (2)")
     rep.add_argument("--seeds", type=_int_list(0, "seeds"), help="seeds of the seeded rows (0,1,2)")

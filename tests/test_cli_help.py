@@ -34,4 +34,21 @@ def test_text_defaults_parse_to_lists() -> None:
     bench = cli._build_parser().parse_args(["bench"])
     assert bench.batch_sizes == [1, 32]
     rep = cli._build_parser().parse_args(["reproduce", "cifar10", "--data", "d"])
-    assert rep.seeds == [0, 1] and rep.sweep == [0.1, 0.2, 0.25, 0.5, 0.75, 1.0]
+    assert rep.seeds is None and rep.sweep is None and rep.preset == "full"  # the preset decides
+    argv = ["reproduce", "cifar10", "--data", "d", "--seeds", "0,1", "--sweep", "0.5,1"]
+    rep = cli._build_parser().parse_args(argv)
+    assert rep.seeds == [0, 1] and rep.sweep == [0.5, 1.0]
+
+
+def test_reproduce_help_quotes_the_full_presets_budget(capsys) -> None:
+    from routevit.reproduce import Budget
+
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    b = Budget()
+    for flag, value in (("--teacher-epochs", b.teacher_epochs), ("--student-epochs", b.student_epochs),
+                        ("--batch-size", b.batch_size), ("--bench-repeats", b.bench_repeats)):  # fmt: skip
+        start = text.rindex(f"{flag} {flag[2:].upper().replace('-', '_')}")
+        assert f"({value})" in text[start : start + 200], flag
+    assert f"({','.join(map(str, b.seeds))})" in text

@@ -245,10 +245,12 @@ def reproduce(data: str, out: str | Path, budget: Budget, only: Sequence[str] = 
         raise ValueError(f"--only: unknown row key(s) {unknown}; valid keys are {[r.key for r in rows()]}")
     started = time.perf_counter()
     plans = _plans(only, budget)
-    matched = matched_reductions(budget, out) if any(r.match for r, _ in plans) else None
+    matched: dict[str, Any] | None = None
     recipes: dict[tuple[str, int], Recipe] = {}
     train_seconds = 0.0
-    for row, seed in plans:
+    for row, seed in plans:  # the teacher first: bad data fails before anything is written
+        if row.match and matched is None:
+            matched = matched_reductions(budget, out)
         recipe = row_recipe(row, seed, data, out, budget, matched)
         recipes[(row.key, seed)] = recipe
         seconds = train_row(recipe)

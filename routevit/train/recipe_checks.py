@@ -1,15 +1,16 @@
-"""Range and consistency checks of a recipe (run when a :class:`~routevit.train.config.Recipe`
-is built): a bad value is a one-line ``ValueError`` naming the key, what was expected and what came."""
+"""Range and consistency checks of a recipe, run when a recipe is built: a bad value is a
+one-line ``ValueError`` naming the key, what was expected and what came.
+
+This module imports nothing of :mod:`routevit.train.config` (which calls it), so the checks take
+the recipe untyped.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import Recipe
+from typing import Any
 
 
-def validate(r: Recipe) -> None:
+def validate(r: Any) -> None:
     """Raise a one-line ValueError naming the first recipe key whose value is out of range."""
     checks = [
         (r.train.epochs >= 1, "train.epochs", "an integer >= 1", r.train.epochs),
@@ -77,7 +78,7 @@ def validate(r: Recipe) -> None:
                          "checkpoints use)")
 
 
-def _validate_augment(r: Recipe) -> None:
+def _validate_augment(r: Any) -> None:
     """The tensor path of ``data.cache`` knows crop-with-padding, flips, Mixup/CutMix only;
     ``augment.crop: pad`` exists on that path only."""
     a = r.augment
