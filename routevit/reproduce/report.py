@@ -29,6 +29,13 @@ def _spread(values: Sequence[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
+def _change(values: Sequence[float]) -> str:
+    """A signed mean and an unsigned spread: ``+0.97 ± 0.55``."""
+    if len(values) == 1:
+        return f"{values[0]:+.2f}"
+    return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
+
+
 def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -77,7 +84,7 @@ def _table(entries: Sequence[dict[str, Any]], teacher_gmacs: float, label: str =
     ]
     for e in entries:
         v = e["values"]
-        change = _spread(v["last_epoch_change"], "+.2f") if v.get("last_epoch_change") else "-"
+        change = _change(v["last_epoch_change"]) if v.get("last_epoch_change") else "-"
         lines.append(
             f"| {e['label']} | {len(v['top1'])} | {e.get('epochs', '-')} | {e.get('distill') or 'no'} | "
             f"{_spread(v['top1'], '.2f')} | {change} | {v['gmacs'][0]:.4f} | "
@@ -235,7 +242,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         *_verdict_lines(results),
         *conclusion(results),
     ]
-    if table3:
+    if len(table3) > 1:
         lines += ["**Table 3 in miniature** (each row adds one design choice; rows above '+ init from the "
                   "teacher' train from scratch):", "", *_table(table3, t_gmacs), ""]  # fmt: skip
     if len(table4) > 1:
@@ -294,7 +301,9 @@ def plot(results: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     entries = grouped(results["rows"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120)
+    dial = bool(results.get("dial"))
+    fig, axes = plt.subplots(1, 2 if dial else 1, figsize=(12 if dial else 7, 4.8), dpi=120, squeeze=False)
+    left = axes[0][0]
     markers = iter("o^vsDPXhp<>*")
     for e in entries:
         if "table1" not in e["tables"]:
@@ -318,7 +327,8 @@ def plot(results: dict[str, Any], path: str | Path) -> None:
     left.set_title("Table 1 in miniature", fontsize=9)
     left.legend(fontsize=6.5, loc="best")
     left.grid(alpha=0.3)
-    if results.get("dial"):
+    if dial:
+        right = axes[0][1]
         ratios, acc = _mean_by_ratio(results["dial"], "top1")
         right.plot(ratios, acc, "o-", label="one model, keep ratio drawn per step")
         fixed = results.get("fixed_keep", [])
@@ -334,8 +344,6 @@ def plot(results: dict[str, Any], path: str | Path) -> None:
         right.set_title("One model for every keep ratio", fontsize=9)
         right.legend(fontsize=7, loc="lower right")
         right.grid(alpha=0.3)
-    else:
-        right.set_axis_off()
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
