@@ -26,7 +26,7 @@ from routevit.reproduce.report import (
     write_section,
 )
 from routevit.reproduce.rows import LAMBDAS, TABLE5_KEEP
-from routevit.train.build import build_student
+from routevit.train.build import build_optimizer, build_student
 from routevit.train.config import replace_fields
 from tests.train_util import make_image_folder
 
@@ -46,16 +46,21 @@ def test_rows_share_one_fine_tuning_and_say_what_they_distill(tmp_path: Path):
         assert recipe.train.seed == 5
         assert recipe.model.pretrained == (str(tmp_path / "teacher") if row.from_teacher else None)
         assert recipe.augment == blvit.augment  # the same augmentation everywhere
+        # the bLViT-mini's learning-rate factors name its fresh layers: a row without them has none
+        optim = replace(recipe.optim, lr_scales=blvit.optim.lr_scales)
         if row.from_teacher:  # same epochs, optimizer and schedule as the bLViT-mini
-            assert (recipe.train.epochs, recipe.optim) == (2, blvit.optim), row.key
+            assert (recipe.train.epochs, optim) == (2, blvit.optim), row.key
         else:
             assert recipe.optim == recipes["teacher"].optim, row.key
+        build_optimizer(build_student(recipe.model, pretrained=False), recipe)  # every factor names a layer
         if row.distill is None:
             assert recipe.distill.teacher is None, row.key
         else:
             d = recipe.distill
             assert (d.teacher_checkpoint, d.feature) == (str(tmp_path / "teacher"), row.distill), row.key
     assert recipes["narrow"].train.epochs == recipes["teacher"].train.epochs == 3
+    assert set(blvit.optim.lr_scales) == {"encoder.blocks.*.efficiency.*", "encoder.routers.*"}
+    assert all(recipes[k].optim.lr_scales == {} for k in ("teacher", "teacher_ft", "evit", "tome", "narrow"))
     assert recipes["evit"].model.token_reduction["keep_rate"] == 0.42
     assert recipes["tome"].model.token_reduction["r"] == 7
     assert recipes["evit"].distill.feature == "pre_logits" and blvit.distill.feature == "tokens"

@@ -14,6 +14,7 @@ rows seed by seed, then the tables.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import time
@@ -52,7 +53,7 @@ class Budget:
     """How long each kind of row trains, and how the rows are measured."""
 
     teacher_epochs: int = 30
-    student_epochs: int = 2
+    student_epochs: int = 6
     seeds: tuple[int, ...] = (0, 1, 2)  # seeded rows (the teacher is trained once)
     batch_size: int = 256
     holdout_per_class: int = 500  # the recipes' documented validation rule
@@ -142,7 +143,7 @@ def row_recipe(
     # the bLViT-mini (every fine-tuned row alike)
     source = fine_tune if row.from_teacher else recipe_to_dict(load_recipe(RECIPES / "mini_teacher.yaml"))
     optim = {**as_dict["optim"], **source["optim"]}
-    return replace_fields(
+    built = replace_fields(
         recipe,
         model=model,
         distill=distill,
@@ -154,6 +155,22 @@ def row_recipe(
         train={"epochs": epochs, "seed": seed, "batch_size": budget.batch_size},
         run={"output": str(out / row_name(row, seed))},
     )  # fmt: skip
+    return replace_fields(built, optim={"lr_scales": own_lr_scales(built)})
+
+
+def own_lr_scales(recipe: Recipe) -> dict[str, float]:
+    """The ``optim.lr_scales`` patterns that name parameters of the recipe's student.
+
+    The fine-tuning recipe's factors speed up the layers that a bLViT starts fresh (E path,
+    predictors); a peer or an ablation without those layers has nothing they name, so every one
+    of its parameters keeps the common learning rate.
+    """
+    names = [name for name, _ in build_student(recipe.model, pretrained=False).named_parameters()]
+    return {
+        pattern: factor
+        for pattern, factor in recipe.optim.lr_scales.items()
+        if any(fnmatch.fnmatchcase(name, pattern) for name in names)
+    }
 
 
 def _finished(recipe: Recipe) -> bool:

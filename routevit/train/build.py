@@ -7,9 +7,10 @@ a student: it must offer ``forward_features(x) -> (B, N, C)`` and ``forward_head
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,11 +204,48 @@ def scaled_lr(recipe: Recipe) -> float:
     return o.lr if o.lr_base_batch is None else o.lr * recipe.train.batch_size / o.lr_base_batch
 
 
+def lr_scaled_groups(
+    model: nn.Module, weight_decay: float, lr_scales: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """Parameter groups by (weight decay, learning-rate factor).
+
+    No weight decay on 0/1-d parameters, biases and ``model.no_weight_decay()`` (timm's rule); a
+    parameter whose name matches a glob of ``lr_scales`` gets that factor as ``lr_scale``, which
+    timm's schedulers multiply into every step's learning rate. A name matching two patterns, or a
+    pattern matching no trainable parameter, is an error.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    used: set[str] = set()
+    names = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        names.append(name)
+        hits = [pattern for pattern in lr_scales if fnmatch.fnmatchcase(name, pattern)]
+        if len(hits) > 1:
+            raise ValueError(f"parameter {name} matches more than one optim.lr_scales pattern: {hits}")
+        used.update(hits)
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in skip)
+        groups.setdefault((decay, lr_scales[hits[0]] if hits else 1.0), []).append(param)
+    unused = [pattern for pattern in lr_scales if pattern not in used]
+    if unused:
+        raise ValueError(
+            f"optim.lr_scales patterns {unused} match no trainable parameter (names look like {names[-1]!r})"
+        )
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in groups.items()
+    ]
+
+
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """timm's optimizer factory: no weight decay on biases, norms and ``no_weight_decay()``."""
+    """timm's optimizer factory: no weight decay on biases, norms and ``no_weight_decay()``; with
+    ``optim.lr_scales``, the groups of [`lr_scaled_groups`][]."""
     o = recipe.optim
+    params = lr_scaled_groups(model, o.weight_decay, o.lr_scales) if o.lr_scales else model
     return create_optimizer_v2(
-        model, opt=o.opt, lr=scaled_lr(recipe), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps
+        params, opt=o.opt, lr=scaled_lr(recipe), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps
     )
 
 

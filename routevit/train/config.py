@@ -144,6 +144,9 @@ class OptimConfig:
     warmup_epochs: float = 5.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    # learning-rate factors by parameter name glob (fnmatch), e.g. {"encoder.blocks.*.efficiency.*": 4}
+    # for layers that a fine-tuning starts fresh; a name may match one pattern, each pattern some name
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ValueError(f"recipe key {key} expects a mapping, got {value!r}")
-        return dict(value)
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:

@@ -16,6 +16,7 @@ def validate(r: Any) -> None:
         (r.train.epochs >= 1, "train.epochs", "an integer >= 1", r.train.epochs),
         (r.train.batch_size >= 1, "train.batch_size", "an integer >= 1", r.train.batch_size),
         (r.optim.lr > 0, "optim.lr", "a positive float", r.optim.lr),
+        *((f > 0, f"optim.lr_scales.{k}", "a positive factor", f) for k, f in r.optim.lr_scales.items()),
         (r.run.keep_last >= 1, "run.keep_last", "an integer >= 1", r.run.keep_last),
         (
             r.run.checkpoint_every_steps >= 0,
