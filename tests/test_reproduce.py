@@ -179,7 +179,17 @@ def test_tables_report_mean_spread_last_epoch_and_verdicts(tmp_path: Path):
     spread = f"{statistics.mean([60.0, 64.0]):.2f} ± {statistics.stdev([60.0, 64.0]):.2f}"
     assert spread in text and "| BLVIT | 2 | 2 | no |" in text and "50%" in text and "+0.30" in text
     assert "Against EVIT: better at equal MACs; better at equal measured time (2.00x" in text
-    assert "the bLViT-mini 62.00% at 50% of its MACs: 8.00 points below it." in text
+    assert "the bLViT-mini 62.00% at 50% of its MACs: 8.00 points below it; the target" in text
+    assert "is **not met**." in text
+    close = _results({"teacher": [70.0], "blvit": [69.5, 69.1]}, {"blvit": 2.0})
+    close["routing"] = [{"seed": 0, "trained": 69.5, "random": 69.0},
+                        {"seed": 1, "trained": 69.1, "random": 69.4}]  # fmt: skip
+    close_text = markdown(close, "x")
+    assert "0.70 points below it; the target (within 1.0 point at no more than 60% of the MACs) is met." in (
+        close_text
+    )
+    assert "add +0.10 points over routing at random (2 seeds)" in close_text
+    assert "| 2 | 69.30 ± 0.28 | 69.20 ± 0.28 | +0.10 ± 0.57 |" in close_text
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nbefore\n")
     write_section(doc, text)
@@ -212,6 +222,7 @@ def test_reproduce_end_to_end_on_a_tiny_image_folder(tmp_path: Path, monkeypatch
     text = doc.read_text()
     assert BEGIN in text and "Table 5 in miniature" in text and "Verdicts" in text
     assert "One model for every keep ratio" in text and "Training throughput" in text
+    assert [r["seed"] for r in results["routing"]] == [0, 1] and "Do the prediction layers matter?" in text
     assert Image.open(png).size[0] > 400
     # a rerun trains nothing again and reuses every measurement
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}

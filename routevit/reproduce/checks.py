@@ -1,8 +1,10 @@
-"""Two measurements of the miniature beside its tables: training throughput per data path and
-precision (same process, same model), and the int8 accuracy change of trained models."""
+"""Measurements of the miniature beside its tables: training throughput per data path and
+precision (same process, same model), the int8 accuracy change of trained models, and how much
+a trained bLViT's prediction layers matter (its accuracy with random routing)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from typing import Any
@@ -71,3 +73,32 @@ def int8_accuracy(label: str, model: nn.Module, top1: float, accuracy_of) -> dic
     except ImportError:
         return None
     return {"label": label, "fp32": top1, "int8": accuracy_of(quantized)}
+
+
+class UniformScores(nn.Module):
+    """A scorer that ignores the tokens: i.i.d. uniform scores per token, normalised to sum to 1
+    per sample as a [`Router`][routevit.layers.Router]'s softmax does (so score scaling sees the
+    same scale). Draws from torch's global generator, as dropout does.
+
+    ``score(x (B, N, C), next_block)`` -> ``(B, N)``.
+    """
+
+    def score(self, x: torch.Tensor, next_block: nn.Module | None = None) -> torch.Tensor:
+        scores = torch.rand(x.shape[:2], device=x.device, dtype=x.dtype)
+        return scores / scores.sum(dim=-1, keepdim=True)
+
+
+def random_routing_accuracy(model: nn.Module, accuracy_of, seed: int = 0) -> float:
+    """``accuracy_of`` a copy of ``model`` whose prediction layers all route at random
+    ([`UniformScores`][]; the policy still keeps its always-kept tokens, CLS): what the trained
+    routers add is the model's own accuracy minus this. ``accuracy_of(model) -> float``."""
+    routers = getattr(getattr(model, "encoder", None), "routers", None)
+    if not isinstance(routers, nn.ModuleDict) or not len(routers):
+        raise ValueError(f"random routing needs a model with prediction layers (encoder.routers), "
+                         f"got {type(model).__name__}")  # fmt: skip
+    model = copy.deepcopy(model)
+    for key in list(routers):
+        model.encoder.routers[key] = UniformScores()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return accuracy_of(model)

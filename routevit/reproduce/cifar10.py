@@ -35,7 +35,7 @@ from ..train.data import eval_loader, find_splits
 from ..train.distributed import DistInfo
 from ..train.engine import train
 from ..train.evaluate import evaluate_model
-from .checks import int8_accuracy, training_throughput
+from .checks import int8_accuracy, random_routing_accuracy, training_throughput
 from .rows import DIAL_RANGE, HEADLINE, TABLE5_KEEP, Row, rows
 
 logger = logging.getLogger(__name__)
@@ -320,10 +320,20 @@ def reproduce(data: str, out: str | Path, budget: Budget, only: Sequence[str] = 
         for value in _cached(out / "measured" / f"int8_{key}_seed{seed}.json",
                              lambda k=key, s=seed: _int8([(k, s)], recipes, results["rows"]))
     ]  # fmt: skip
+    results["routing"] = [  # what the trained prediction layers add over routing at random
+        {"seed": seed, "trained": top1_of(results["rows"], "blvit", seed),
+         **_cached(out / "measured" / f"routing_blvit_seed{seed}.json", lambda r=recipes[("blvit", seed)]: {
+             "random": random_routing_accuracy(load_row_model(r), lambda model: accuracy(model, r))})}
+        for key, seed in recipes if key == "blvit"
+    ]  # fmt: skip
     total = time.perf_counter() - started
     results["seconds"] = _seconds(out, train_seconds, total)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return results
+
+
+def top1_of(measured: list[dict[str, Any]], key: str, seed: int) -> float:
+    return next(m["top1"] for m in measured if (m["key"], m["seed"]) == (key, seed))
 
 
 def _int8(keys: list[tuple[str, int]], recipes: dict[tuple[str, int], Recipe], measured: list[dict[str, Any]]
@@ -331,7 +341,7 @@ def _int8(keys: list[tuple[str, int]], recipes: dict[tuple[str, int], Recipe], m
     out = []
     for key, seed in keys:
         recipe = recipes[(key, seed)]
-        top1 = next(m["top1"] for m in measured if (m["key"], m["seed"]) == (key, seed))
+        top1 = top1_of(measured, key, seed)
         label = next(m["label"] for m in measured if m["key"] == key)
         value = int8_accuracy(f"{label} (seed {seed})", load_row_model(recipe), top1,
                               lambda model, r=recipe: accuracy(model, r))  # fmt: skip

@@ -153,8 +153,15 @@ def conclusion(results: dict[str, Any]) -> list[str]:
         "",
         f"- The teacher reaches {teacher['top1'][0]:.2f}% held-out top-1; the bLViT-mini "
         f"{statistics.mean(ours['top1']):.2f}% at {share:.0%} of its MACs: "
-        + (f"{gap:.2f} points below it." if gap > 0 else f"{-gap:.2f} points above it."),
+        + (f"{gap:.2f} points below it" if gap > 0 else f"{-gap:.2f} points above it")
+        + "; the target (within 1.0 point at no more than 60% of the MACs) is "
+        + ("met." if gap <= 1.0 and share <= 0.6 else "**not met**."),
     ]
+    routing = results.get("routing")
+    if routing:
+        gain = statistics.mean(r["trained"] - r["random"] for r in routing)
+        lines.append(f"- The trained prediction layers add {gain:+.2f} points over routing at random "
+                     f"({len(routing)} seed{'s' if len(routing) != 1 else ''}).")  # fmt: skip
     for v in verdicts(results):
         lines.append(f"- Against {v['label']}: {v['equal_macs']} at equal MACs; {v['equal_time']} at equal "
                      f"measured time ({v['peer_speed']:.2f}x the teacher's speed).")  # fmt: skip
@@ -193,6 +200,16 @@ def _extras(results: dict[str, Any]) -> list[str]:
         lines += [f"| {m['label']} | {m['fp32']:.2f} | {m['int8']:.2f} | {m['int8'] - m['fp32']:+.2f} |"
                   for m in q]  # fmt: skip
         lines.append("")
+    routing = results.get("routing")
+    if routing:
+        trained, chance = [r["trained"] for r in routing], [r["random"] for r in routing]
+        gains = [t - c for t, c in zip(trained, chance, strict=True)]
+        lines += ["**Do the prediction layers matter?** The trained bLViT-mini with its routers, and with "
+                  "every router replaced by uniform random scores (same keep ratio, CLS still kept):", "",
+                  "| seeds | trained routers | random routing | what the routers add (pt) |",
+                  "|---|---|---|---|",
+                  f"| {len(routing)} | {_spread(trained, '.2f')} | {_spread(chance, '.2f')} | "
+                  f"{_change(gains)} |", ""]  # fmt: skip
     return lines
 
 
