@@ -14,7 +14,6 @@ rows seed by seed, then the tables.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ from torch import nn
 
 from ..bench import time_pair
 from ..flops import count
-from ..train.build import build_student, load_checkpoint_model
+from ..train.build import build_student, load_checkpoint_model, lr_scale_patterns
 from ..train.checkpoint import atomic_write_text, latest_checkpoint, load_train_state
 from ..train.config import Recipe, load_recipe, recipe_to_dict, replace_fields
 from ..train.data import eval_loader, find_splits
@@ -165,12 +164,12 @@ def own_lr_scales(recipe: Recipe) -> dict[str, float]:
     predictors); a peer or an ablation without those layers has nothing they name, so every one
     of its parameters keeps the common learning rate.
     """
-    names = [name for name, _ in build_student(recipe.model, pretrained=False).named_parameters()]
-    return {
-        pattern: factor
-        for pattern, factor in recipe.optim.lr_scales.items()
-        if any(fnmatch.fnmatchcase(name, pattern) for name in names)
-    }
+    scales = recipe.optim.lr_scales
+    if not scales:
+        return {}
+    student = build_student(recipe.model, pretrained=False)
+    named = {pattern for name, _ in student.named_parameters() for pattern in lr_scale_patterns(name, scales)}
+    return {pattern: factor for pattern, factor in scales.items() if pattern in named}
 
 
 def _finished(recipe: Recipe) -> bool:

@@ -204,6 +204,11 @@ def scaled_lr(recipe: Recipe) -> float:
     return o.lr if o.lr_base_batch is None else o.lr * recipe.train.batch_size / o.lr_base_batch
 
 
+def lr_scale_patterns(name: str, lr_scales: Mapping[str, float]) -> list[str]:
+    """The ``optim.lr_scales`` globs (fnmatch, case-sensitive) that match a parameter name."""
+    return [pattern for pattern in lr_scales if fnmatch.fnmatchcase(name, pattern)]
+
+
 def lr_scaled_groups(
     model: nn.Module, weight_decay: float, lr_scales: Mapping[str, float]
 ) -> list[dict[str, Any]]:
@@ -222,7 +227,7 @@ def lr_scaled_groups(
         if not param.requires_grad:
             continue
         names.append(name)
-        hits = [pattern for pattern in lr_scales if fnmatch.fnmatchcase(name, pattern)]
+        hits = lr_scale_patterns(name, lr_scales)
         if len(hits) > 1:
             raise ValueError(f"parameter {name} matches more than one optim.lr_scales pattern: {hits}")
         used.update(hits)
