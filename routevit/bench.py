@@ -130,6 +130,48 @@ def _seconds(model: nn.Module, x: torch.Tensor, bf16: bool, calls: int = 1) -> f
     return (time.perf_counter() - start_s) / calls
 
 
+def time_round_robin(
+    models: Sequence[nn.Module],
+    x: torch.Tensor,
+    *,
+    warmup: int = 2,
+    repeats: int = 7,
+    bf16: bool = False,
+    min_seconds: float = 0.0,
+) -> tuple[list[list[float]], int]:
+    """Seconds per forward pass of every model on ``x``, all timed in each round.
+
+    Round ``i`` runs the models in order, the next round in reverse (A B C, C B A, ...), so
+    each model's timing in a round shares the machine's state with the others'. Returns
+    ``(times, calls)``: ``times[m][i]`` is model ``m`` in round ``i``; each timed run made
+    ``calls`` back-to-back passes, fixed from the last warm-up round so that the slowest
+    model's run lasts about ``min_seconds`` (no warm-up: one pass).
+    """
+    if repeats < 1 or warmup < 0 or min_seconds < 0:
+        raise ValueError(
+            f"repeats must be >= 1, warmup >= 0 and min_seconds >= 0, got {repeats}, {warmup} "
+            f"and {min_seconds}"
+        )
+    times: list[list[float]] = [[] for _ in models]
+    calls = 1
+    order = list(range(len(models)))
+    with torch.inference_mode():
+        for _ in range(warmup):
+            slowest = max(_seconds(m, x, bf16) for m in models)
+            calls = max(1, math.ceil(min_seconds / slowest))
+        for i in range(repeats):
+            for m in order if i % 2 == 0 else order[::-1]:
+                times[m].append(_seconds(models[m], x, bf16, calls))
+    return times, calls
+
+
+def speedups(times: Sequence[Sequence[float]], reference: int = 0) -> list[float]:
+    """Median over rounds of ``reference``'s time / each model's time (``times`` as returned by
+    [`time_round_robin`][])."""
+    ref = times[reference]
+    return [statistics.median(r / t for r, t in zip(ref, own, strict=True)) for own in times]
+
+
 def time_pair(
     candidate: nn.Module,
     baseline: nn.Module,
@@ -141,40 +183,24 @@ def time_pair(
     bf16: bool = False,
     min_seconds: float = 0.0,
 ) -> PairTiming:
-    """Time ``candidate`` against ``baseline`` on ``make_input(batch_size)``, alternating.
+    """Time ``candidate`` against ``baseline`` on ``make_input(batch_size)``, alternating
+    ([`time_round_robin`][] with the two models).
 
     ``min_seconds``: each timed run repeats the forward pass (the same number of times for
     both models, fixed from the last warm-up pair) until the slower model's run lasts about
     this long (no warm-up: one pass); a run of several passes averages out noise that a
     single short pass shows.
     """
-    if repeats < 1 or warmup < 0 or min_seconds < 0:
-        raise ValueError(
-            f"repeats must be >= 1, warmup >= 0 and min_seconds >= 0, got {repeats}, {warmup} "
-            f"and {min_seconds}"
-        )
     x = make_input(batch_size)
-    cand_times: list[float] = []
-    base_times: list[float] = []
-    calls = 1
-    with torch.inference_mode():
-        for _ in range(warmup):
-            slowest = max(_seconds(candidate, x, bf16), _seconds(baseline, x, bf16))
-            calls = max(1, math.ceil(min_seconds / slowest))
-        for i in range(repeats):
-            if i % 2 == 0:
-                cand_times.append(_seconds(candidate, x, bf16, calls))
-                base_times.append(_seconds(baseline, x, bf16, calls))
-            else:
-                base_times.append(_seconds(baseline, x, bf16, calls))
-                cand_times.append(_seconds(candidate, x, bf16, calls))
-    ratios = [b / c for c, b in zip(cand_times, base_times, strict=True)]
+    (cand_times, base_times), calls = time_round_robin(
+        (candidate, baseline), x, warmup=warmup, repeats=repeats, bf16=bf16, min_seconds=min_seconds
+    )
     mib = 2.0**20
     return PairTiming(
         batch_size=batch_size,
         candidate_images_per_s=batch_size / statistics.median(cand_times),
         baseline_images_per_s=batch_size / statistics.median(base_times),
-        speedup=statistics.median(ratios),
+        speedup=speedups((base_times, cand_times))[1],
         pairs=repeats,
         calls_per_run=calls,
         candidate_peak_mib=peak_activation_bytes(candidate, x, bf16) / mib,

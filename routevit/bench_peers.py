@@ -2,21 +2,24 @@
 could pick instead: its vanilla DeiT, the token-reduction peers EViT and ToMe at the bLViT
 model's MACs (their keep rate / r chosen here and printed), and DeiT-S for scale.
 
-Every figure is a median of alternating rounds against the vanilla model (``bench.time_pair``),
-in one precision per run: fp32, bf16 weights (``--dtype bf16``, the model and its input cast),
+Every model of the table is timed in every round (``bench.time_round_robin``: the order reverses
+from one round to the next), and each figure is the median over rounds of the vanilla model's
+time / the model's time in the same round, so all cells of a column share the machine's state; in
+one precision per run: fp32, bf16 weights (``--dtype bf16``, the model and its input cast),
 bf16 autocast on fp32 weights (``--bf16``), or int8 (``--dtype int8``: torchao's dynamic-activation
 int8 weights on every Linear; bLViT in its inference form first); eager or ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .bench import time_pair
+from .bench import speedups, time_round_robin
 from .bench_pairs import machine_summary
 from .flops import count
 from .models import create_model, model_info
@@ -153,31 +156,32 @@ def run_peers(
     size = model_info(name).input_size
     cast: Callable[[nn.Module], nn.Module] = lambda m: prepare(m, dtype, device)  # noqa: E731
     run = (lambda m: torch.compile(m)) if compile_models else (lambda m: m)  # noqa: E731
-    base_model = run(cast(baseline.model))
+    models = [run(cast(c.model)) for c in (baseline, *rest)]
     names = {"int8": "torchao dynamic int8"}
     precision = "bf16 autocast" if autocast else names.get(dtype, f"{dtype} weights")
+    cells: list[list[str]] = [[] for _ in rest]
+    for b in batch_sizes:
+        x = torch.randn(b, *size, device=device, dtype=DTYPES[dtype])
+        times, _ = time_round_robin(models, x, warmup=warmup, repeats=repeats, bf16=autocast,
+                                    min_seconds=min_seconds)  # fmt: skip
+        for i, speedup in enumerate(speedups(times)[1:]):
+            per_s = b / statistics.median(times[i + 1])
+            cells[i].append(f"{speedup:.2f}x ({per_s:.1f} img/s)")
     lines = [
         f"# routevit bench --peers {name}",
         "",
         f"{machine_summary()}; {precision}; {'torch.compile' if compile_models else 'eager'}; "
-        f"speed-up = median over {repeats} alternating rounds of (time of {baseline.label} / time of the "
-        f"model), after {warmup} warm-up rounds; each run about {min_seconds:g} s of passes.",
+        f"speed-up = median over {repeats} rounds (every model once per round, the order reversed "
+        f"each round, after {warmup} warm-up rounds) of (time of {baseline.label} / time of the model); "
+        f"each run about {min_seconds:g} s of passes.",
         "",
         "| model | setting | GMACs | MAC ratio | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
         "|---|---|---:|---:|" + "---:|" * len(batch_sizes),
         f"| {baseline.label} | vanilla | {baseline.gmacs:.2f} | 1.00x | "
         + " | ".join("1.00x" for _ in batch_sizes) + " |",
     ]
-    for c in rest:
-        model = run(cast(c.model))
-        cells = []
-        for b in batch_sizes:
-            t = time_pair(
-                model, base_model, lambda n: torch.randn(n, *size, device=device, dtype=DTYPES[dtype]), b,
-                warmup=warmup, repeats=repeats, bf16=autocast, min_seconds=min_seconds,
-            )
-            cells.append(f"{t.speedup:.2f}x ({t.candidate_images_per_s:.1f} img/s)")
+    for c, row in zip(rest, cells, strict=True):
         lines.append(f"| {c.label} | {c.setting} | {c.gmacs:.2f} | {baseline.gmacs / c.gmacs:.2f}x | "
-                     + " | ".join(cells) + " |")  # fmt: skip
+                     + " | ".join(row) + " |")  # fmt: skip
     lines += ["", "GMACs in the paper's convention (Linear and Conv layers; see routevit.flops)."]
     return "\n".join(lines)

@@ -58,3 +58,27 @@ def test_int8_preparation_quantizes_every_linear_of_blvit_and_timm():
     from routevit.bench import peak_activation_bytes
 
     assert peak_activation_bytes(ours, torch.randn(1, 3, 32, 32)) > 0  # weights without storages
+
+
+def test_peer_table_times_every_contender_in_the_same_rounds(monkeypatch):
+    import routevit.bench_peers as peers
+
+    calls: list[str] = []
+
+    class Named(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+            self.proj = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(self.name)
+            return self.proj(x.mean(dim=(2, 3)))
+
+    base = peers.Contender("vanilla", Named("vanilla"), "vanilla", 2.0)
+    rest = [peers.Contender(n, Named(n), "s", 1.0) for n in ("ours", "evit", "tome")]
+    monkeypatch.setattr(peers, "contenders", lambda name, keep_ratio=None: (base, rest))
+    table = run_peers("blvit_deit_b_t", batch_sizes=(1, 2), warmup=0, repeats=2, min_seconds=0.0)
+    rounds = "".join(c[0] for c in calls)
+    assert rounds == "voet" "teov" "voet" "teov"  # two batch sizes x two rounds, every model in each
+    assert table.count("\n| ") == 5 and "2.00x" in table  # header row excluded: 4 models + baseline

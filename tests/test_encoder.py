@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from routevit.bench import compare, format_table, peak_activation_bytes, time_pair
+from routevit.bench import compare, format_table, peak_activation_bytes, speedups, time_pair, time_round_robin
 from routevit.flops import count_macs
 from routevit.layers import BigLittleBlock, Block, PerformanceBlock
 from routevit.layers.encoder import BigLittleEncoder, Schedule
@@ -139,6 +139,28 @@ def test_time_pair_repeats_short_passes_to_fill_min_seconds():
     assert 2.0 < t.speedup < 6.0
     single = time_pair(fast, slow, lambda b: torch.randn(b, 2), 1, warmup=0, repeats=1, min_seconds=5.0)
     assert single.calls_per_run == 1  # nothing to size the runs on without a warm-up
+
+
+def test_round_robin_times_every_model_each_round_in_alternating_order():
+    order: list[str] = []
+
+    class Sleeping(nn.Module):
+        def __init__(self, name: str, sleep: float) -> None:
+            super().__init__()
+            self.name, self.sleep = name, sleep
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            order.append(self.name)
+            time.sleep(self.sleep)
+            return x
+
+    models = [Sleeping("a", 0.006), Sleeping("b", 0.003), Sleeping("c", 0.0015)]
+    times, calls = time_round_robin(models, torch.zeros(1), warmup=0, repeats=4)
+    assert calls == 1 and [len(t) for t in times] == [4, 4, 4]
+    assert "".join(order) == "abc" "cba" "abc" "cba"
+    ratios = speedups(times)
+    assert ratios[0] == 1.0 and 1.5 < ratios[1] < 2.5 and 3.0 < ratios[2] < 5.0
+    assert speedups(times, reference=2)[0] < 0.4  # a is slower than c
 
 
 def test_peak_activation_bytes_counts_live_intermediates_only():
