@@ -182,5 +182,5 @@ def test_project_windows_is_partition_then_linear_with_padding_at_the_bias(hw, w
     real = slots < grid.num_tokens
     assert torch.equal(grid.token_to_slot()[slots[real]], real.nonzero()[:, 0])
     with torch.no_grad():
-        projected = grid.project_windows(x, linear.weight, linear.bias)
+        projected = grid.project_windows(x, linear)
         torch.testing.assert_close(projected, linear(grid.partition(x)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -167,10 +168,11 @@ def _rel_pos_tables(module: nn.Module, rel_pos_size: tuple[int, int] | None, hea
 
 
 def _project_windows(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: WindowGrid | None
+    x: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor], grid: WindowGrid | None
 ) -> torch.Tensor:
-    """``linear(x)``, cut into windows if there is a grid: ``(B, N, C) -> (B * nW, T, out)``."""
-    return F.linear(x, weight, bias) if grid is None else grid.project_windows(x, weight, bias)
+    """``project(x)`` (a Linear or a replacement of one), cut into windows if there is a grid:
+    ``(B, N, C) -> (B * nW, T, out)``."""
+    return project(x) if grid is None else grid.project_windows(x, project)
 
 
 class Attention(nn.Module):
@@ -214,7 +216,7 @@ class Attention(nn.Module):
         if self.rel_pos_h is not None and grid is None:
             raise ValueError("this Attention has relative positions: pass grid=WindowGrid(H, W, window)")
         b, n, _ = x.shape
-        qkv = _project_windows(x, self.qkv.weight, self.qkv.bias, grid)
+        qkv = _project_windows(x, self.qkv, grid)
         bw, t, _ = qkv.shape
         qkv = qkv.view(bw, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rel_pos_h is not None:
@@ -266,7 +268,8 @@ class SemiCrossAttention(nn.Module):
         """Keys and values of all tokens, cut into windows with a grid:
         ``(B, N, C) -> (B * nW, T, 2C)``."""
         c, b_qkv = self.dim, self.qkv.bias
-        return _project_windows(x_kv, self.qkv.weight[c:], None if b_qkv is None else b_qkv[c:], grid)
+        weight, bias = self.qkv.weight[c:], None if b_qkv is None else b_qkv[c:]
+        return _project_windows(x_kv, lambda t: F.linear(t, weight, bias), grid)
 
     def forward(
         self,

@@ -59,7 +59,7 @@ class SplitSemiCrossAttention(SemiCrossAttention):
         return self.q(x_q)
 
     def project_kv(self, x_kv: torch.Tensor, grid: WindowGrid | None = None) -> torch.Tensor:
-        return self.kv(x_kv) if grid is None else _project_windows(x_kv, self.kv.weight, self.kv.bias, grid)
+        return _project_windows(x_kv, self.kv, grid)
 
 
 def for_inference(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ then row-major inside each window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -110,20 +111,22 @@ class WindowGrid:
         return window * self.window_tokens + self.local_position(token)
 
     def project_windows(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+        self, x: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """``partition(x)`` then ``linear``: ``(B, N, C) -> (B * num_windows, window_tokens, out)``.
+        """``partition(project(x))``: ``(B, N, C) -> (B * num_windows, window_tokens, out)``.
 
-        Padding slots come out as ``linear(0) = bias``, as when SAM pads the normed tokens with
-        zeros before its qkv, but only the real tokens (and one zero token) are projected and
-        the windows are laid out by a single gather instead of pad + transpose copies.
+        ``project`` is a per-token affine map ``(..., C) -> (..., out)`` (an ``nn.Linear``, or
+        any replacement of one: quantized, pre-packed). Padding slots come out as
+        ``project(0)`` (the bias), as when SAM pads the normed tokens with zeros before its
+        qkv, but only the real tokens (and one zero token) are projected and the windows are
+        laid out by a single gather instead of pad + transpose copies.
         """
         if not self.has_padding:
-            return self.partition(torch.nn.functional.linear(x, weight, bias))
+            return self.partition(project(x))
         check_tensor(x, "x", 3, "(B, N, C)")
         b, n, c = x.shape
         x = torch.cat([x, x.new_zeros(b, 1, c)], dim=1)  # slot index N reads this zero token
-        out = torch.nn.functional.linear(x, weight, bias)
+        out = project(x)
         slots = _maps(self, out.device)[0]
         return out.index_select(1, slots).view(b * self.num_windows, self.window_tokens, -1)
 
