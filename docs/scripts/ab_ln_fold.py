@@ -2,10 +2,12 @@
 E path's qkv weights so both become one 197 x 768 -> 2112 matmul on one shared normalisation
 (attention sub-layer of every big.LITTLE block), and time it against the shipped model.
 
-Usage: ``python docs/scripts/ab_ln_fold.py`` (batch 1, 30 alternating rounds with timm DeiT-B).
+Usage: ``python docs/scripts/ab_ln_fold.py [--batch-size 1] [--rounds 30] [--dtype fp32|bf16]``
+(alternating rounds with timm DeiT-B; bf16: weights and input cast).
 The LayerNorm affines and alphas are randomised first so the fold is exercised; the script
 prints the relative difference of the logits, img/s and medians of per-round ratios.
 """
+import argparse
 import copy
 import statistics
 import time
@@ -52,6 +54,12 @@ def fused_forward(self, x, routes, grid=None):
     return self.fuse_mlp(x, p.mlp_branch(routes.gather(x), routes), e.mlp_branch(x), routes)
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    args = parser.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
     ours = routevit.create_model("blvit_deit_b_t").eval()
     with torch.no_grad():  # non-trivial affines and alphas, so the fold is actually exercised
@@ -61,14 +69,15 @@ def main() -> None:
                 m.bias.normal_(0, 0.1)
             if isinstance(m, BigLittleBlock):
                 m.performance.alpha_attn.fill_(0.3)
+    ours = ours.to(dtype)
     folded = copy.deepcopy(ours)
     for m in folded.modules():
         if isinstance(m, BigLittleBlock):
             prepare(m)
             m.forward = types.MethodType(fused_forward, m)
     deit = timm.create_model("deit_base_patch16_224", pretrained=False).eval()
-    x = torch.randn(1, 3, 224, 224)
-    models = {"ours": ours, "ours_folded": folded, "timm": deit}
+    x = torch.randn(args.batch_size, 3, 224, 224, dtype=dtype)
+    models = {"ours": ours, "ours_folded": folded, "timm": deit.to(dtype)}
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         ref, out = ours(x), folded(x)
@@ -77,7 +86,7 @@ def main() -> None:
             for _ in range(3):
                 m(x)
         items = list(models.items())
-        for r in range(30):
+        for r in range(args.rounds):
             for k, m in items if r % 2 == 0 else items[::-1]:
                 start = time.perf_counter()
                 m(x)

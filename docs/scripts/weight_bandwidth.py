@@ -9,6 +9,9 @@ weights in turn, 226 MB in fp32, as in a forward pass where every weight is read
 GMAC/s and the weight bytes streamed per second. A matmul whose cold speed is well below its hot
 speed is bound by memory bandwidth: more MACs per weight byte (more rows, i.e. a larger batch)
 is what speeds it up, not a better kernel.
+
+Last, the ceiling: the same 24 weights only read (``torch.sum`` over each, no matmul), in GB/s,
+so the weight bytes of a whole model give a floor under its batch-1 forward time.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ def main() -> None:
             print(f"| {name} | {m} x {k} -> {n} | {1e3 * cold_s:.3f} | {macs / cold_s / 1e9:.0f} "
                   f"| {nbytes / cold_s / 1e9:.1f} | {1e3 * hot_s:.3f} "
                   f"| {macs / hot_s / 1e9:.0f} |")  # fmt: skip
+
+    print("\n| dtype | weights read, MB | read-only GB/s (median of 5) |\n|---|---:|---:|")
+    for dtype in (torch.float32, torch.bfloat16):
+        weights = [torch.randn(3072, 768, dtype=dtype) for _ in range(24)]
+        nbytes = sum(w.numel() * w.element_size() for w in weights)
+        runs = []
+        for _ in range(7):
+            t = time.perf_counter()
+            for w in weights:
+                w.sum()
+            runs.append(time.perf_counter() - t)
+        rate = nbytes / statistics.median(runs[2:]) / 1e9
+        print(f"| {str(dtype).split('.')[1]} | {nbytes / 1e6:.0f} | {rate:.1f} |")
 
 
 if __name__ == "__main__":
