@@ -7,11 +7,12 @@ tokens), fp32 and bf16, it times ``F.linear`` two ways in one process: *hot* (th
 every call, as a micro-benchmark usually does: it stays in cache) and *cold* (24 different
 weights in turn, 226 MB in fp32, as in a forward pass where every weight is read once). It prints
 GMAC/s and the weight bytes streamed per second. A matmul whose cold speed is well below its hot
-speed is bound by memory bandwidth: more MACs per weight byte (more rows, i.e. a larger batch)
-is what speeds it up, not a better kernel.
+speed pays for bringing its weights in once per call; more MACs per weight byte (more rows, i.e.
+a larger batch) hide that cost.
 
 Last, the ceiling: the same 24 weights only read (``torch.sum`` over each, no matmul), in GB/s,
-so the weight bytes of a whole model give a floor under its batch-1 forward time.
+so the weight bytes of a whole model give a floor under its batch-1 forward time, and a cold
+matmul far below that rate is held back by the GEMM, not by the memory (docs/results.md).
 """
 
 from __future__ import annotations
