@@ -238,3 +238,26 @@ def test_unknown_row_keys_are_refused(tmp_path: Path):
 
     with pytest.raises(ValueError, match="unknown row key"):
         reproduce("data", tmp_path, Budget(), only=["bilvit"])
+
+
+def test_an_interrupted_row_keeps_the_time_it_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A call stopped mid-row (Ctrl-C, a killed session) still adds its training seconds to
+    trained.json, so a row finished over several calls is timed in full."""
+    import time
+
+    import routevit.reproduce.cifar10 as harness
+    from routevit.reproduce import reproduce
+
+    def stopped_after_a_while(recipe, resume):
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "train", stopped_after_a_while)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(str(tmp_path / "data"), tmp_path / "out", Budget(), only=["teacher"])
+    first = json.loads((tmp_path / "out" / "trained.json").read_text())
+    assert list(first) == ["teacher"] and first["teacher"] >= 0.2
+    with pytest.raises(KeyboardInterrupt):  # the resumed call adds to it
+        reproduce(str(tmp_path / "data"), tmp_path / "out", Budget(), only=["teacher"])
+    second = json.loads((tmp_path / "out" / "trained.json").read_text())
+    assert second["teacher"] >= first["teacher"] + 0.2
