@@ -362,7 +362,7 @@ def _build_parser() -> argparse.ArgumentParser:
                           "The options below override the preset's values")
     rep.add_argument("--teacher-epochs", type=positive, help="epochs of the teacher and the narrow ViT (30)")
     rep.add_argument("--student-epochs", type=positive,
-                     help="epochs of the rows initialised from the teacher (6)")
+                     help="epochs of the rows initialised from the teacher (12)")
     rep.add_argument("--seeds", type=_int_list(0, "seeds"), help="seeds of the seeded rows (0,1,2)")
     rep.add_argument("--batch-size", type=positive, help="training and evaluation batch size (256)")
     rep.add_argument("--holdout-per-class", type=positive,
