@@ -92,7 +92,10 @@ class _LiveTensorBytes(TorchDispatchMode):
 
 def peak_activation_bytes(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> int:
     """Peak bytes of the intermediate tensors of one ``model(x)`` call (weights excluded)."""
-    with torch.inference_mode(), _autocast(x, bf16):
+    # no_grad, not inference_mode: under inference_mode a dispatch mode receives composite ops
+    # (einsum: timm's SAM relative positions) whole, and runs them below CPU autocast, which
+    # then fails on the bf16 / fp32 operands it should have cast (torch 2.14)
+    with torch.no_grad(), _autocast(x, bf16):
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
             torch.cuda.reset_peak_memory_stats(x.device)

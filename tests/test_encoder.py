@@ -163,6 +163,24 @@ def test_round_robin_times_every_model_each_round_in_alternating_order():
     assert speedups(times, reference=2)[0] < 0.4  # a is slower than c
 
 
+class _RelPosEinsum(nn.Module):
+    """A bf16 activation met by an fp32 parameter inside einsum, as timm's SAM attention does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(4, 5, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = nn.functional.linear(x, torch.eye(8))  # autocast makes it bf16
+        return torch.einsum("bhwc,hkc->bhwk", q, self.table)
+
+
+def test_peak_activation_bytes_under_bf16_autocast_keeps_autocast_for_composite_ops():
+    x = torch.randn(2, 4, 3, 8)
+    # the einsum's own bf16 x fp32 matmul is cast by autocast, as it is without the tracker
+    assert peak_activation_bytes(_RelPosEinsum().eval(), x, bf16=True) > 0
+
+
 def test_peak_activation_bytes_counts_live_intermediates_only():
     model = nn.Sequential(nn.Linear(100, 300), nn.GELU(), nn.Linear(300, 50)).eval()
     x = torch.randn(7, 100)
