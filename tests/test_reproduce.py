@@ -241,23 +241,33 @@ def test_unknown_row_keys_are_refused(tmp_path: Path):
 
 
 def test_an_interrupted_row_keeps_the_time_it_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A call stopped mid-row (Ctrl-C, a killed session) still adds its training seconds to
-    trained.json, so a row finished over several calls is timed in full."""
+    """A call stopped mid-row (SIGTERM/SIGINT: the trainer returns a 'stopped' result) still adds
+    its training seconds to trained.json, so a row finished over several calls is timed in full;
+    a row that fails on bad input before its first checkpoint records nothing."""
     import time
+    from types import SimpleNamespace
 
     import routevit.reproduce.cifar10 as harness
     from routevit.reproduce import reproduce
 
     def stopped_after_a_while(recipe, resume):
         time.sleep(0.2)
-        raise KeyboardInterrupt
+        return SimpleNamespace(status="stopped", signal=15)
 
+    def bad_input(recipe, resume):
+        raise ValueError("the data has 4 classes but model.num_classes is 10")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(harness, "train", bad_input)
+    with pytest.raises(ValueError):
+        reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
+    assert not (out / "trained.json").exists()
     monkeypatch.setattr(harness, "train", stopped_after_a_while)
-    with pytest.raises(KeyboardInterrupt):
-        reproduce(str(tmp_path / "data"), tmp_path / "out", Budget(), only=["teacher"])
-    first = json.loads((tmp_path / "out" / "trained.json").read_text())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
+    first = json.loads((out / "trained.json").read_text())
     assert list(first) == ["teacher"] and first["teacher"] >= 0.2
-    with pytest.raises(KeyboardInterrupt):  # the resumed call adds to it
-        reproduce(str(tmp_path / "data"), tmp_path / "out", Budget(), only=["teacher"])
-    second = json.loads((tmp_path / "out" / "trained.json").read_text())
+    with pytest.raises(RuntimeError, match="interrupted"):  # the resumed call adds to it
+        reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
+    second = json.loads((out / "trained.json").read_text())
     assert second["teacher"] >= first["teacher"] + 0.2

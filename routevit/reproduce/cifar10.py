@@ -180,18 +180,22 @@ def _finished(recipe: Recipe) -> bool:
 
 def train_row(recipe: Recipe, record: Callable[[float], None] | None = None) -> float:
     """Train (or finish training) one row; returns the seconds this call trained (0 when the
-    run had finished already). ``record`` gets those seconds however the call ends, an
-    interrupted one included: a row trained over several calls is timed in full."""
+    run had finished already). ``record`` gets those seconds when the call trained, a call
+    stopped by a signal included (a row trained over several calls is timed in full), and not
+    when the row failed before its first checkpoint (bad input writes nothing)."""
     if _finished(recipe):
         logger.info("%s: already trained", recipe.run.output)
         return 0.0
     start = time.perf_counter()
     try:
         result = train(recipe, resume=True)
-    finally:
-        seconds = time.perf_counter() - start
-        if record is not None:
-            record(seconds)
+    except BaseException:
+        if record is not None and latest_checkpoint(Path(recipe.run.output) / "checkpoints") is not None:
+            record(time.perf_counter() - start)
+        raise
+    seconds = time.perf_counter() - start
+    if record is not None:
+        record(seconds)
     if result.status != "finished":
         raise RuntimeError(f"training {recipe.run.output} was interrupted (signal {result.signal})")
     logger.info("%s: trained in %.0f s", recipe.run.output, seconds)
