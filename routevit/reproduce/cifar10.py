@@ -186,16 +186,14 @@ def train_row(recipe: Recipe, record: Callable[[float], None] | None = None) -> 
     if _finished(recipe):
         logger.info("%s: already trained", recipe.run.output)
         return 0.0
-    start = time.perf_counter()
+    start, result = time.perf_counter(), None
     try:
         result = train(recipe, resume=True)
-    except BaseException:
-        if record is not None and latest_checkpoint(Path(recipe.run.output) / "checkpoints") is not None:
-            record(time.perf_counter() - start)
-        raise
-    seconds = time.perf_counter() - start
-    if record is not None:
-        record(seconds)
+    finally:
+        seconds = time.perf_counter() - start
+        trained = result is not None or latest_checkpoint(Path(recipe.run.output) / "checkpoints") is not None
+        if record is not None and trained:
+            record(seconds)
     if result.status != "finished":
         raise RuntimeError(f"training {recipe.run.output} was interrupted (signal {result.signal})")
     logger.info("%s: trained in %.0f s", recipe.run.output, seconds)
