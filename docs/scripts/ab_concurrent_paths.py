@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from routevit.bench import speedups, time_round_robin
 from routevit.bench_peers import contenders, prepare
 from routevit.layers import BigLittleBlock
 
@@ -96,24 +96,14 @@ def main() -> None:
     }
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     x = torch.randn(args.batch_size, 3, 224, 224, dtype=dtype)
-    times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
         reference, concurrent = blvit(x).float(), variants["blvit, P || E"](x).float()
-        print(f"P || E against sequential: max abs difference {(concurrent - reference).abs().max():.3g}")
-        for model in variants.values():
-            model(x)
-        order = list(variants.items())
-        for round_index in range(args.rounds):
-            for name, model in order if round_index % 2 == 0 else order[::-1]:
-                calls, start = 0, time.perf_counter()
-                while calls == 0 or time.perf_counter() - start < 0.7:
-                    model(x)
-                    calls += 1
-                times[name].append((time.perf_counter() - start) / calls)
+    print(f"P || E against sequential: max abs difference {(concurrent - reference).abs().max():.3g}")
+    times, _ = time_round_robin(list(variants.values()), x, warmup=1, repeats=args.rounds, min_seconds=0.7)
+    ratios = speedups(times[:4]) + speedups(times[4:])  # the 1-thread pair against its own DeiT-B
     print(f"{args.dtype}, batch {args.batch_size}, {THREADS} threads, {args.rounds} rounds")
-    for name, seconds in times.items():
+    for name, seconds, ratio in zip(variants, times, ratios, strict=True):
         baseline = "deit, 1 thread" if name.endswith("1 thread") else "deit"
-        ratio = statistics.median(b / s for b, s in zip(times[baseline], seconds, strict=True))
         speed = args.batch_size / statistics.median(seconds)
         print(f"{name:16s} {speed:7.2f} img/s  {ratio:.3f}x {baseline}")
 
