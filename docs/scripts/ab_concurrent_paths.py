@@ -20,10 +20,11 @@ An experiment, not a library feature. Ratios are medians over rounds of per-roun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -42,16 +43,23 @@ def _in_inference_mode(fn: Callable, *args: object) -> torch.Tensor:
         return fn(*args)
 
 
-def _concurrent_forward(self: BigLittleBlock, x: torch.Tensor, routes=None, grid=None) -> torch.Tensor:
-    p, e = self.performance, self.efficiency
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The calling thread runs its kernels on one intra-op thread inside the block."""
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(THREADS)
+
+
+def _concurrent_forward(self: BigLittleBlock, x: torch.Tensor, routes=None, grid=None) -> torch.Tensor:
+    p, e = self.performance, self.efficiency
+    with _one_thread():
         pending = _WORKER.submit(_in_inference_mode, e.attn_branch, x, grid)
         x = self.fuse_attn(x, p.attn_branch(x, routes, grid), pending.result(), routes)
         pending = _WORKER.submit(_in_inference_mode, e.mlp_branch, x)
         return self.fuse_mlp(x, p.mlp_branch(routes.gather(x), routes), pending.result(), routes)
-    finally:
-        torch.set_num_threads(THREADS)
 
 
 def concurrent_paths(model: nn.Module) -> nn.Module:
@@ -71,11 +79,8 @@ class OneThread(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        torch.set_num_threads(1)
-        try:
+        with _one_thread():
             return self.model(x)
-        finally:
-            torch.set_num_threads(THREADS)
 
 
 def main() -> None:
