@@ -26,7 +26,7 @@ test: env
 	$(BIN)/python -m pytest -q
 
 lint: env
-	$(BIN)/ruff check routevit tests
+	$(BIN)/ruff check routevit tests docs/scripts
 
 docs: env
 	$(BIN)/mkdocs build --strict --site-dir site
