@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from routevit.cli import main
+from routevit.errors import Stopped
 from routevit.models.vit import BigLittleViT
 from routevit.reproduce import Budget, rows
 from routevit.reproduce.cifar10 import load_row_model, matched_reductions, row_recipe, train_row
@@ -263,11 +264,11 @@ def test_an_interrupted_row_keeps_the_time_it_trained(tmp_path: Path, monkeypatc
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
     assert not (out / "trained.json").exists()
     monkeypatch.setattr(harness, "train", stopped_after_a_while)
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(Stopped, match="stopped by signal 15"):
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
     first = json.loads((out / "trained.json").read_text())
     assert list(first) == ["teacher"] and first["teacher"] >= 0.2
-    with pytest.raises(RuntimeError, match="interrupted"):  # the resumed call adds to it
+    with pytest.raises(Stopped, match="stopped by signal 15"):  # the resumed call adds to it
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
     second = json.loads((out / "trained.json").read_text())
     assert second["teacher"] >= first["teacher"] + 0.2

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..bench import time_pair
+from ..errors import Stopped
 from ..flops import count
 from ..train.build import build_student, load_checkpoint_model, lr_scale_patterns
 from ..train.checkpoint import atomic_write_text, latest_checkpoint, load_train_state
@@ -37,6 +38,7 @@ from ..train.engine import train
 from ..train.evaluate import evaluate_model
 from .checks import int8_accuracy, random_routing_accuracy, training_throughput
 from .rows import DIAL_RANGE, HEADLINE, TABLE5_KEEP, Row, rows
+from .side_by_side import train_side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +197,9 @@ def train_row(recipe: Recipe, record: Callable[[float], None] | None = None) -> 
         if record is not None and trained:
             record(seconds)
     if result.status != "finished":
-        raise RuntimeError(f"training {recipe.run.output} was interrupted (signal {result.signal})")
+        logger.warning("%s: stopped by signal %s; run the same command again to continue",
+                       recipe.run.output, result.signal)  # fmt: skip
+        raise Stopped(result.signal)
     logger.info("%s: trained in %.0f s", recipe.run.output, seconds)
     return seconds
 
@@ -260,8 +264,12 @@ def _plans(only: Sequence[str], budget: Budget) -> list[tuple[Row, int]]:
     return first + headline + rest
 
 
-def reproduce(data: str, out: str | Path, budget: Budget, only: Sequence[str] = ()) -> dict[str, Any]:
-    """Train, evaluate and time every row; returns (and saves) ``out/results.json``."""
+def reproduce(
+    data: str, out: str | Path, budget: Budget, only: Sequence[str] = (), jobs: int = 1
+) -> dict[str, Any]:
+    """Train, evaluate and time every row; returns (and saves) ``out/results.json``. With ``jobs``
+    above 1, the rows after the teacher train that many at a time, each in its own process
+    (:mod:`routevit.reproduce.side_by_side`); the measurements always run one at a time."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = sorted(set(only) - {r.key for r in rows()})
@@ -275,9 +283,16 @@ def reproduce(data: str, out: str | Path, budget: Budget, only: Sequence[str] = 
     for row, seed in plans:  # the teacher first: bad data fails before anything is written
         if row.match and matched is None:
             matched = matched_reductions(budget, out)
-        recipe = row_recipe(row, seed, data, out, budget, matched)
-        recipes[(row.key, seed)] = recipe
-        train_seconds += train_row(recipe, partial(_record_training, out, row_name(row, seed)))
+        recipes[(row.key, seed)] = row_recipe(row, seed, data, out, budget, matched)
+        if row.key == "teacher":
+            train_seconds += train_row(recipes[("teacher", 0)], partial(_record_training, out, "teacher"))
+    others = [(row_name(row, seed), recipes[(row.key, seed)]) for row, seed in plans[1:]]
+    if jobs > 1:
+        unfinished = [(name, recipe) for name, recipe in others if not _finished(recipe)]
+        train_seconds += train_side_by_side(unfinished, jobs, partial(_record_training, out))
+    else:
+        for name, recipe in others:
+            train_seconds += train_row(recipe, partial(_record_training, out, name))
 
     teacher = load_row_model(recipes[("teacher", 0)])
     results: dict[str, Any] = {"budget": asdict(budget), "matched": matched, "rows": [], "sweep": [],

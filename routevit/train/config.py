@@ -417,8 +417,13 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recip
     return recipe_from_dict(with_overrides(values, overrides))
 
 
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as the YAML text that :func:`load_recipe` reads back."""
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    Path(path).write_text(recipe_yaml(recipe))
 
 
 def recipe_diff(a: Recipe, b: Recipe) -> list[str]:

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from .build import build_optimizer, build_scheduler
-from .config import Recipe, load_recipe, recipe_diff, recipe_to_dict
+from .config import Recipe, load_recipe, recipe_diff, recipe_yaml
 from .data import derive_seed, local_batch_size
 from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, host_barrier, init_distributed
 from .logs import MetricsLog, Progress
@@ -169,7 +169,7 @@ class _Run:
         self.stop_signal: int | None = None
         self.train_seconds, self.train_images = 0.0, 0
         if info.is_main:
-            ckpt.atomic_write_text(self.out / "recipe.yaml", _yaml(r))
+            ckpt.atomic_write_text(self.out / "recipe.yaml", recipe_yaml(r))
             description = parts.description
             logger.info(
                 "training %s on %s, %d steps/epoch of %d images, %d process(es) on %s, distillation %s",
@@ -413,12 +413,6 @@ class _StopOnSignals:
     def __exit__(self, *exc: object) -> None:
         for s, h in self.previous.items():
             signal.signal(s, h)
-
-
-def _yaml(recipe: Recipe) -> str:
-    import yaml
-
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
 
 
 def train(recipe: Recipe, resume: bool = False) -> TrainResult:
