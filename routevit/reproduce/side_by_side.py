@@ -115,8 +115,9 @@ def _launch(name: str, recipe: Recipe, env: dict[str, str]) -> _Child:
     process = subprocess.Popen(
         child_command(recipe_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    logger.info("%s: training in process %d (%s threads; log %s)", name, process.pid,
-                env["OMP_NUM_THREADS"], run_dir / "train.log")  # fmt: skip
+    threads = env["OMP_NUM_THREADS"]
+    logger.info("%s: training in process %d (%s intra-op thread%s; log %s)", name, process.pid, threads,
+                "" if threads == "1" else "s", run_dir / "train.log")  # fmt: skip
     return _Child(name, process, time.perf_counter(), log, run_dir)
 
 
