@@ -1,12 +1,12 @@
 """Train several rows of the miniature at once, each in its own ``routevit train`` process.
 
 The miniature's models are small (width 96, 65 tokens): one training run does not keep two
-cores busy. Two runs side by side with one intra-op thread each trained 1.29x more steps per
+cores busy. Two runs side by side with one intra-op thread each trained 1.21x more steps per
 second in total than one run with two threads on the 2-core machine of docs/results.md
-(``docs/scripts/ab_side_by_side.sh``). Each child is a resumable ``routevit train --resume``
-run with its output in ``<run folder>/train.log``; a SIGTERM or SIGINT to this process is passed
-on once to every child, which saves a checkpoint at its step like a sequential run, and no
-further row is started.
+(``docs/scripts/ab_side_by_side.sh``; 1.29x in a first, ad-hoc run). Each child is a resumable
+``routevit train --resume`` run with its output in ``<run folder>/train.log``; a SIGTERM or
+SIGINT to this process is passed on once to every child, which saves a checkpoint at its step
+like a sequential run, and no further row is started.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class _Child:
     run_dir: Path
 
 
-def child_command(recipe_path: Path) -> list[str]:
+def _child_command(recipe_path: Path) -> list[str]:
     """The command line of one row's training process."""
     return [sys.executable, "-m", "routevit.cli", "train", str(recipe_path), "--resume"]
 
@@ -113,7 +113,7 @@ def _launch(name: str, recipe: Recipe, env: dict[str, str]) -> _Child:
     # a session of its own: a Ctrl-C reaches only this process, which passes it on exactly once
     # (a second SIGINT would stop a trainer without its checkpoint)
     process = subprocess.Popen(
-        child_command(recipe_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        _child_command(recipe_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
     threads = env["OMP_NUM_THREADS"]
     logger.info("%s: training in process %d (%s intra-op thread%s; log %s)", name, process.pid, threads,
@@ -134,4 +134,4 @@ def _finish(child: _Child, record: Callable[[str, float], None]) -> tuple[str, i
     return child.name, status, child.run_dir / "train.log"
 
 
-__all__ = ["child_command", "train_side_by_side"]
+__all__ = ["train_side_by_side"]
