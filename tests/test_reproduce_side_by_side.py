@@ -77,14 +77,15 @@ def test_a_failing_row_is_reported_with_its_log(teacher_run, tmp_path: Path):
 
 
 def test_a_signal_stops_every_row_at_a_checkpoint(teacher_run, tmp_path: Path):
-    """SIGTERM to ``routevit reproduce --jobs 2`` reaches both rows once: each saves a checkpoint
-    at its step, keeps its seconds in trained.json, and no process is left behind."""
+    """SIGTERM to ``routevit reproduce --jobs 2`` reaches both running rows once: each saves a
+    checkpoint at its step and keeps its seconds in trained.json, the third row is not started,
+    the command ends, and no process is left behind."""
     data, out, budget = teacher_run
     work = tmp_path / "out"
     work.mkdir()
     (work / "teacher").symlink_to(out / "teacher", target_is_directory=True)
     cmd = [sys.executable, "-m", "routevit.cli", "reproduce", "cifar10", "--data", str(data),
-           "--out", str(work), "--only", "blvit", "evit", "--seeds", "0", "--student-epochs", "1000",
+           "--out", str(work), "--only", "blvit", "evit", "tome", "--seeds", "0", "--student-epochs", "1000",
            "--teacher-epochs", "1", "--batch-size", "8", "--holdout-per-class", "1", "--jobs", "2"]
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     logs = [work / "blvit_seed0" / "train.log", work / "evit_seed0" / "train.log"]
@@ -93,7 +94,10 @@ def test_a_signal_stops_every_row_at_a_checkpoint(teacher_run, tmp_path: Path):
         assert parent.poll() is None and time.monotonic() < deadline, parent.stdout.read().decode()[-2000:]
         time.sleep(0.5)
     parent.send_signal(signal.SIGTERM)
-    assert parent.wait(timeout=120) == 128 + signal.SIGTERM
+    try:
+        assert parent.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        parent.kill()  # a no-op once it has ended; a hung parent must not outlive the test
     assert "stopped by signal 15 (SIGTERM)" in parent.stdout.read().decode()
     for log in logs:
         text = log.read_text()
@@ -101,5 +105,6 @@ def test_a_signal_stops_every_row_at_a_checkpoint(teacher_run, tmp_path: Path):
         assert any((log.parent / "checkpoints").glob("step-*"))
     trained = json.loads((work / "trained.json").read_text())
     assert sorted(trained) == ["blvit_seed0", "evit_seed0"] and min(trained.values()) > 0
+    assert not (work / "tome_seed0").exists()
     leftover = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
     assert [p for p in leftover if int(p) != os.getpid()] == []

@@ -78,7 +78,7 @@ def train_side_by_side(
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     started = time.perf_counter()
     try:
-        while pending or running:
+        while running or (pending and not stopped and not failed):
             while pending and len(running) < jobs and not stopped and not failed:
                 running.append(_launch(*pending.pop(0), env))
             for child in [c for c in running if c.process.poll() is not None]:
