@@ -75,11 +75,14 @@ def train_side_by_side(
             stopped.append(signum)
             stop_children(signum)
 
+    def starting() -> bool:  # no row starts after a signal or a failure
+        return bool(pending) and not stopped and not failed
+
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     started = time.perf_counter()
     try:
-        while running or (pending and not stopped and not failed):
-            while pending and len(running) < jobs and not stopped and not failed:
+        while running or starting():
+            while starting() and len(running) < jobs:
                 running.append(_launch(*pending.pop(0), env))
             for child in [c for c in running if c.process.poll() is not None]:
                 running.remove(child)
