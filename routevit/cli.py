@@ -187,6 +187,11 @@ def _reproduce(args: argparse.Namespace) -> int:
              "sweep": tuple(args.sweep) if args.sweep is not None else None}  # fmt: skip
     budget = Budget(**{**preset, **{k: v for k, v in given.items() if v is not None}})
     only = args.only or (list(HEADLINE_ONLY) if args.preset == "headline" else [])
+    if args.plan:
+        from .reproduce.plan import plan, plan_table
+
+        print(plan_table(plan(args.data, budget, only=only)))
+        return 0
     with removed_if_left_empty(Path(args.out)):
         results = reproduce(args.data, args.out, budget, only=only, jobs=args.jobs)
     command = "routevit " + " ".join(shlex.quote(a) for a in args.command_line)
@@ -374,6 +379,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--bench-repeats", type=positive, help="timed pairs per speed measurement (7)")
     rep.add_argument("--sweep", type=_ratios, help="keep ratios of the inference-time dial of the bLViT-mini")
     rep.add_argument("--only", nargs="*", default=[], help="row keys to run (the teacher always runs)")
+    rep.add_argument("--plan", action="store_true",
+                     help="train nothing: time a few steps of every row on this machine and print how long "
+                          "each would train (writes nothing under --out)")
     rep.add_argument("--jobs", type=positive, default=1,
                      help="rows trained at a time after the teacher, each in its own process with "
                           "1/N of the intra-op threads")

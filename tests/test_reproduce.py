@@ -241,7 +241,7 @@ def test_unknown_row_keys_are_refused(tmp_path: Path):
         reproduce("data", tmp_path, Budget(), only=["bilvit"])
 
 
-def test_an_interrupted_row_keeps_the_time_it_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_an_interrupted_call_keeps_the_time_it_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A call stopped mid-row (SIGTERM/SIGINT: the trainer returns a 'stopped' result) still adds
     its training seconds to trained.json, so a row finished over several calls is timed in full;
     a row that fails on bad input before its first checkpoint records nothing."""
@@ -272,3 +272,9 @@ def test_an_interrupted_row_keeps_the_time_it_trained(tmp_path: Path, monkeypatc
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
     second = json.loads((out / "trained.json").read_text())
     assert second["teacher"] >= first["teacher"] + 0.2
+    # every call's wall-clock is kept, the failed and the stopped ones too (none wrote results.json)
+    calls = json.loads((out / "seconds.json").read_text())
+    assert not (out / "results.json").exists()
+    assert calls["calls"] == 3
+    assert calls["training_all_calls"] == pytest.approx(second["teacher"])
+    assert calls["total_all_calls"] >= calls["training_all_calls"]

@@ -250,7 +250,7 @@ def _cached(path: Path, compute: Callable[[], Any]) -> Any:
     return value
 
 
-def _plans(only: Sequence[str], budget: Budget) -> list[tuple[Row, int]]:
+def training_order(only: Sequence[str], budget: Budget) -> list[tuple[Row, int]]:
     """(row, seed) in training order: the teacher, the headline rows, the rest."""
     selected = [r for r in rows() if not only or r.key in only or r.key == "teacher"]
     first = [(r, 0) for r in selected if r.key == "teacher"]
@@ -275,24 +275,36 @@ def reproduce(
     unknown = sorted(set(only) - {r.key for r in rows()})
     if unknown:
         raise ValueError(f"--only: unknown row key(s) {unknown}; valid keys are {[r.key for r in rows()]}")
-    started = time.perf_counter()
-    plans = _plans(only, budget)
+    started, trained_before = time.perf_counter(), sum(_training_seconds(out).values())
+    try:
+        results = _train_and_measure(data, out, budget, only, jobs)
+    finally:  # a call stopped by a signal or an error counts too (seconds.json)
+        trained = sum(_training_seconds(out).values()) - trained_before
+        seconds = _add_call_seconds(out, trained, time.perf_counter() - started)
+    results["seconds"] = seconds
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    return results
+
+
+def _train_and_measure(
+    data: str, out: Path, budget: Budget, only: Sequence[str], jobs: int
+) -> dict[str, Any]:
+    plans = training_order(only, budget)
     matched: dict[str, Any] | None = None
     recipes: dict[tuple[str, int], Recipe] = {}
-    train_seconds = 0.0
     for row, seed in plans:  # the teacher first: bad data fails before anything is written
         if row.match and matched is None:
             matched = matched_reductions(budget, out)
         recipes[(row.key, seed)] = row_recipe(row, seed, data, out, budget, matched)
         if row.key == "teacher":
-            train_seconds += train_row(recipes[("teacher", 0)], partial(_record_training, out, "teacher"))
+            train_row(recipes[("teacher", 0)], partial(_record_training, out, "teacher"))
     others = [(row_name(row, seed), recipes[(row.key, seed)]) for row, seed in plans[1:]]
     if jobs > 1:
         unfinished = [(name, recipe) for name, recipe in others if not _finished(recipe)]
-        train_seconds += train_side_by_side(unfinished, jobs, partial(_record_training, out))
+        train_side_by_side(unfinished, jobs, partial(_record_training, out))
     else:
         for name, recipe in others:
-            train_seconds += train_row(recipe, partial(_record_training, out, name))
+            train_row(recipe, partial(_record_training, out, name))
 
     teacher = load_row_model(recipes[("teacher", 0)])
     results: dict[str, Any] = {"budget": asdict(budget), "matched": matched, "rows": [], "sweep": [],
@@ -345,9 +357,6 @@ def reproduce(
              "random": random_routing_accuracy(load_row_model(r), lambda model: accuracy(model, r))})}
         for key, seed in recipes if key == "blvit"
     ]  # fmt: skip
-    total = time.perf_counter() - started
-    results["seconds"] = _seconds(out, train_seconds, total)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return results
 
 
@@ -391,17 +400,20 @@ def _training_seconds(out: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _seconds(out: Path, train_seconds: float, total: float) -> dict[str, Any]:
-    # an output folder built over several calls (a killed run resumed, a row added) adds them up
-    saved = out / "results.json"
-    before = json.loads(saved.read_text()).get("seconds", {}) if saved.is_file() else {}
-    return {
-        "training_this_call": train_seconds,
+def _add_call_seconds(out: Path, training: float, total: float) -> dict[str, Any]:
+    """Add one call's seconds to ``out/seconds.json`` (an output folder built over several
+    calls, a killed run resumed or a row added, adds them up) and return the sums."""
+    path = out / "seconds.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    seconds = {
+        "training_this_call": training,
         "total_this_call": total,
-        "training_all_calls": before.get("training_all_calls", 0.0) + train_seconds,
+        "training_all_calls": before.get("training_all_calls", 0.0) + training,
         "total_all_calls": before.get("total_all_calls", 0.0) + total,
         "calls": before.get("calls", 0) + 1,
     }
+    atomic_write_text(path, json.dumps(seconds, indent=1))
+    return seconds
 
 
 def _teacher_weights_into(model: nn.Module, teacher: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ from .build import load_checkpoint_model
 from .checkpoint import resolve_checkpoint
 from .config import Recipe, factory_overrides, load_recipe, recipe_from_dict, replace_fields
 from .data import BadImageError
-from .engine import NonFiniteLossError, TrainResult, train
+from .engine import NonFiniteLossError, StepCost, TrainResult, time_steps, train
 from .evaluate import evaluate_checkpoint
 from .losses import DistillationLoss, feature_distillation_loss
 from .pretrained import checkpoint_recipe
@@ -28,6 +28,7 @@ __all__ = [
     "DistillationLoss",
     "NonFiniteLossError",
     "Recipe",
+    "StepCost",
     "TrainResult",
     "eval_command",
     "evaluate_checkpoint",
@@ -36,6 +37,7 @@ __all__ = [
     "load_recipe",
     "recipe_from_dict",
     "replace_fields",
+    "time_steps",
     "train",
     "train_command",
 ]

@@ -23,6 +23,7 @@ import logging
 import math
 import random
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from .build import build_optimizer, build_scheduler
-from .config import Recipe, load_recipe, recipe_diff, recipe_yaml
+from .config import Recipe, load_recipe, recipe_diff, recipe_yaml, replace_fields
 from .data import derive_seed, local_batch_size
 from .distributed import DistInfo, all_reduce_sum, cleanup, gather_digests, host_barrier, init_distributed
 from .logs import MetricsLog, Progress
@@ -426,3 +427,48 @@ def train(recipe: Recipe, resume: bool = False) -> TrainResult:
         return _Run(recipe, info, resume).run()
     finally:
         cleanup()
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What training a recipe costs on this machine, measured by :func:`time_steps`."""
+
+    seconds_per_step: float  # median of the timed optimizer steps, data loading included
+    steps_per_epoch: int
+    validation_seconds: float  # one pass over the validation split (0 without one)
+
+    def seconds(self, epochs: int) -> float:
+        """Training and per-epoch validation time of ``epochs`` epochs."""
+        return epochs * (self.steps_per_epoch * self.seconds_per_step + self.validation_seconds)
+
+
+def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> StepCost:
+    """Time ``steps`` optimizer steps of ``recipe`` after ``warmup`` untimed ones, and one
+    validation, in this process: the same set-up, loader, model, teacher and loss as
+    :func:`train`, with the run's files written to a temporary folder and discarded."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"time_steps: expected steps >= 1 and warmup >= 0, got {steps} and {warmup}")
+    info = init_distributed(recipe.train.device)
+    try:
+        with tempfile.TemporaryDirectory(prefix="routevit-time-steps-") as folder:
+            run = _Run(replace_fields(recipe, run={"output": folder}), info, resume=False)
+            if run.steps_per_epoch < warmup + steps:
+                raise ValueError(
+                    f"time_steps: expected an epoch of at least {warmup + steps} steps, "
+                    f"got {run.steps_per_epoch} (more data or a smaller batch)"
+                )
+            run.sampler.set_position(0, 0)
+            seconds: list[float] = []
+            batches = iter(run.loader)
+            for i in range(warmup + steps):
+                start = time.perf_counter()
+                run._step(next(batches), log=False)
+                if i >= warmup:
+                    seconds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            run._validate()
+            validation = time.perf_counter() - start if run.val_loader is not None else 0.0
+            run.metrics.close()
+    finally:
+        cleanup()
+    return StepCost(float(np.median(seconds)), run.steps_per_epoch, validation)
