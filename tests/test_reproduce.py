@@ -262,7 +262,7 @@ def test_an_interrupted_call_keeps_the_time_it_trained(tmp_path: Path, monkeypat
     monkeypatch.setattr(harness, "train", bad_input)
     with pytest.raises(ValueError):
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
-    assert not (out / "trained.json").exists()
+    assert not (out / "trained.json").exists() and not (out / "seconds.json").exists()
     monkeypatch.setattr(harness, "train", stopped_after_a_while)
     with pytest.raises(Stopped, match="stopped by signal 15"):
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
@@ -272,9 +272,10 @@ def test_an_interrupted_call_keeps_the_time_it_trained(tmp_path: Path, monkeypat
         reproduce(str(tmp_path / "data"), out, Budget(), only=["teacher"])
     second = json.loads((out / "trained.json").read_text())
     assert second["teacher"] >= first["teacher"] + 0.2
-    # every call's wall-clock is kept, the failed and the stopped ones too (none wrote results.json)
+    # every call's wall-clock is kept, the stopped ones too (neither wrote results.json); the call
+    # refused on bad input wrote nothing, so it counts no seconds
     calls = json.loads((out / "seconds.json").read_text())
     assert not (out / "results.json").exists()
-    assert calls["calls"] == 3
+    assert calls["calls"] == 2
     assert calls["training_all_calls"] == pytest.approx(second["teacher"])
     assert calls["total_all_calls"] >= calls["training_all_calls"]

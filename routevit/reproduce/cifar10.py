@@ -402,7 +402,8 @@ def _training_seconds(out: Path) -> dict[str, float]:
 
 def _add_call_seconds(out: Path, training: float, total: float) -> dict[str, Any]:
     """Add one call's seconds to ``out/seconds.json`` (an output folder built over several
-    calls, a killed run resumed or a row added, adds them up) and return the sums."""
+    calls, a killed run resumed or a row added, adds them up) and return the sums; a call that
+    left nothing else in ``out`` (bad input) is not counted."""
     path = out / "seconds.json"
     before = json.loads(path.read_text()) if path.is_file() else {}
     seconds = {
@@ -412,7 +413,8 @@ def _add_call_seconds(out: Path, training: float, total: float) -> dict[str, Any
         "total_all_calls": before.get("total_all_calls", 0.0) + total,
         "calls": before.get("calls", 0) + 1,
     }
-    atomic_write_text(path, json.dumps(seconds, indent=1))
+    if any(p.is_file() and p != path for p in out.rglob("*")):  # a call refused on bad input leaves nothing
+        atomic_write_text(path, json.dumps(seconds, indent=1))
     return seconds
 
 
