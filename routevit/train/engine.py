@@ -452,23 +452,30 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> StepCost:
     try:
         with tempfile.TemporaryDirectory(prefix="routevit-time-steps-") as folder:
             run = _Run(replace_fields(recipe, run={"output": folder}), info, resume=False)
-            if run.steps_per_epoch < warmup + steps:
-                raise ValueError(
-                    f"time_steps: expected an epoch of at least {warmup + steps} steps, "
-                    f"got {run.steps_per_epoch} (more data or a smaller batch)"
-                )
-            run.sampler.set_position(0, 0)
-            seconds: list[float] = []
-            batches = iter(run.loader)
-            for i in range(warmup + steps):
-                start = time.perf_counter()
-                run._step(next(batches), log=False)
-                if i >= warmup:
-                    seconds.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            run._validate()
-            validation = time.perf_counter() - start if run.val_loader is not None else 0.0
-            run.metrics.close()
+            try:
+                seconds, validation = _timed_steps(run, steps, warmup)
+            finally:
+                run.metrics.close()  # before its folder goes, on the error path too
     finally:
         cleanup()
     return StepCost(float(np.median(seconds)), run.steps_per_epoch, validation)
+
+
+def _timed_steps(run: _Run, steps: int, warmup: int) -> tuple[list[float], float]:
+    """Seconds of each timed step of ``run`` and of one validation (0 without a split)."""
+    if run.steps_per_epoch < warmup + steps:
+        raise ValueError(
+            f"time_steps: expected an epoch of at least {warmup + steps} steps, "
+            f"got {run.steps_per_epoch} (more data or a smaller batch)"
+        )
+    run.sampler.set_position(0, 0)
+    seconds: list[float] = []
+    batches = iter(run.loader)
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        run._step(next(batches), log=False)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    run._validate()
+    return seconds, time.perf_counter() - start if run.val_loader is not None else 0.0
